@@ -1,0 +1,21 @@
+"""daskjob: run Dask work on an ephemeral cluster that is always torn down.
+
+    from daskjob import ClusterSpec, JobSpec, run_job
+    result = run_job(JobSpec(name="nightly", payload="mypkg.jobs:build", params={...}))
+"""
+
+__version__ = "0.1.0"
+
+from . import config as _config  # noqa: E402,F401  (loads the daskjob dask.config defaults)
+from .errors import (JobCancelled, JobFailed, JobTimedOut, SpecError,  # noqa: E402
+                     StartupFailed)
+from .observe import event  # noqa: E402
+from .run import (JobResult, JobRun, cancel_all, install_signal_handlers,  # noqa: E402
+                  run_job)
+from .spec import ClusterSpec, JobSpec  # noqa: E402
+
+__all__ = [
+    "ClusterSpec", "JobSpec", "JobRun", "JobResult", "run_job", "event", "cancel_all",
+    "install_signal_handlers", "JobFailed", "JobCancelled", "JobTimedOut", "StartupFailed",
+    "SpecError",
+]

@@ -1,0 +1,161 @@
+"""Payloads: a callable, a "module:function" reference, or a script path.
+
+Checked at spec construction (the reference imports, is callable, and accepts the
+params), resolved again at run time, and shipped to workers: code that lives in a file
+next to the caller (not an installed package) is made importable on the workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pathlib
+import site
+import sys
+import sysconfig
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_REF_HELP = ("a callable, a 'package.module:function' reference, or a path to a .py script")
+
+
+def _is_script_ref(ref: str) -> bool:
+    return ref.endswith(".py")
+
+
+def import_reference(ref: str) -> Callable[..., Any]:
+    """Import "module:attr.path" and return the attribute. Raises ValueError with the cause."""
+    module_name, _, attr_path = ref.partition(":")
+    if not module_name or not attr_path:
+        raise ValueError(f"payload {ref!r} must look like 'package.module:function' ({_REF_HELP})")
+    if not all(p.isidentifier() for p in module_name.split(".")):
+        raise ValueError(f"payload {ref!r}: {module_name!r} is not a module name")
+    if not all(p.isidentifier() for p in attr_path.split(".")):
+        raise ValueError(f"payload {ref!r}: {attr_path!r} is not an attribute name")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            raise ValueError(f"payload {ref!r}: no module named {e.name!r} "
+                             f"(is it installed, or on sys.path?)") from None
+        raise ValueError(f"payload {ref!r}: importing {module_name!r} failed:\n"
+                         + "".join(traceback.format_exception(e)).rstrip()) from None
+    except BaseException as e:  # a module that raises anything on import is a bad reference
+        raise ValueError(f"payload {ref!r}: importing {module_name!r} failed:\n"
+                         + "".join(traceback.format_exception(e)).rstrip()) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"payload {ref!r}: module {module_name!r} has no attribute "
+                             f"{attr_path!r}") from None
+    if not callable(obj):
+        raise ValueError(f"payload {ref!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _check_params(fn: Callable[..., Any], params: dict[str, Any], label: str) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins and C callables: nothing to check
+    kwargs = dict(params)
+    if "client" in sig.parameters and "client" not in kwargs:
+        kwargs["client"] = None
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"params do not fit payload {label}{sig}: {e}") from None
+
+
+def check_payload(payload: Any, params: dict[str, Any]) -> Any:
+    """Validate a payload and return its normal form (scripts become absolute paths)."""
+    if isinstance(payload, (str, os.PathLike)) and not isinstance(payload, str):
+        payload = os.fspath(payload)
+    if isinstance(payload, str):
+        if _is_script_ref(payload):
+            path = pathlib.Path(payload).expanduser()
+            if not path.is_file():
+                raise ValueError(f"payload script {payload!r} does not exist "
+                                 f"(relative paths are taken from {os.getcwd()})")
+            for key, value in params.items():
+                if isinstance(value, (dict, list)):
+                    raise ValueError(f"params.{key}: a script payload takes scalar params "
+                                     "(they become --key=value arguments)")
+            return str(path.resolve())
+        fn = import_reference(payload)
+        _check_params(fn, params, payload)
+        return payload
+    if callable(payload):
+        _check_params(payload, params, getattr(payload, "__qualname__", repr(payload)))
+        return payload
+    raise ValueError(f"payload must be {_REF_HELP}; got {type(payload).__name__} {payload!r}")
+
+
+@dataclass
+class ResolvedPayload:
+    kind: str                      # "callable" | "script"
+    label: str
+    fn: Callable[..., Any] | None = None
+    script: str | None = None
+    wants_client: bool = False
+    # folders workers must have on sys.path to import the payload's module
+    worker_sys_path: list[str] = field(default_factory=list)
+    # modules to pickle by value when workers cannot share our filesystem
+    by_value_modules: list[str] = field(default_factory=list)
+
+
+def resolve(payload: Any) -> ResolvedPayload:
+    if isinstance(payload, str) and _is_script_ref(payload):
+        folder = str(pathlib.Path(payload).parent)
+        return ResolvedPayload(kind="script", label=payload, script=payload,
+                               worker_sys_path=[folder])
+    fn = import_reference(payload) if isinstance(payload, str) else payload
+    label = payload if isinstance(payload, str) else (
+        f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}")
+    try:
+        wants_client = "client" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        wants_client = False
+    roots, by_value = _code_roots(fn)
+    return ResolvedPayload(kind="callable", label=label, fn=fn, wants_client=wants_client,
+                           worker_sys_path=roots, by_value_modules=by_value)
+
+
+def _installed_dirs() -> list[str]:
+    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    dirs.update(site.getsitepackages())
+    return [os.path.realpath(d) for d in dirs if d]
+
+
+def _code_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
+    """Where the payload's module lives, when workers could not import it by name.
+
+    A module imported from a loose file (a DAG folder, a workflow file loaded by
+    pyflyte, a script's sibling) is found by workers only if its import root is on
+    their sys.path; remote workers get the module pickled by value instead.
+    """
+    module_name = getattr(fn, "__module__", None)
+    if not module_name or module_name == "__main__":
+        return [], []  # cloudpickle already ships __main__ code by value
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return [], []
+    real = os.path.realpath(file)
+    if any(real.startswith(d + os.sep) for d in _installed_dirs()):
+        return [], []
+    top = module_name.split(".")[0]
+    path = pathlib.Path(real)
+    depth = len(module_name.split("."))
+    if path.name == "__init__.py":
+        depth += 1
+    root = path
+    for _ in range(depth):
+        root = root.parent
+    # the root is right only if importing by name from it finds this same file
+    candidate = root.joinpath(*module_name.split("."))
+    matches = (candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists())
+    return ([str(root)] if matches else []), [top]

@@ -1,0 +1,104 @@
+"""Process labels and cleanup.
+
+Every process a run starts on this machine (workers, a script payload, and whatever
+they start in turn) inherits DASKJOB_RUN_ID and friends in its environment. Teardown
+uses that to find grandchildren that a plain cluster close leaves behind, and the
+reaper uses it to find what a killed driver left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Iterable
+
+import psutil
+
+RUN_ID_VAR = "DASKJOB_RUN_ID"
+LABELS_VAR = "DASKJOB_LABELS"
+DRIVER_PID_VAR = "DASKJOB_DRIVER_PID"
+DRIVER_START_VAR = "DASKJOB_DRIVER_START"
+STARTED_VAR = "DASKJOB_STARTED"
+
+
+def label_env(run_id: str, labels: dict[str, str]) -> dict[str, str]:
+    me = psutil.Process()
+    return {
+        RUN_ID_VAR: run_id,
+        LABELS_VAR: json.dumps(labels, sort_keys=True),
+        DRIVER_PID_VAR: str(me.pid),
+        DRIVER_START_VAR: repr(me.create_time()),
+        STARTED_VAR: repr(time.time()),
+    }
+
+
+def _environ(proc: psutil.Process) -> dict[str, str] | None:
+    try:
+        return proc.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+
+
+def labelled_processes(run_id: str | None = None) -> list[tuple[psutil.Process, dict[str, str]]]:
+    """All processes carrying a daskjob run label (of `run_id`, if given), except us."""
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        env = _environ(proc)
+        if not env or RUN_ID_VAR not in env:
+            continue
+        if run_id is not None and env[RUN_ID_VAR] != run_id:
+            continue
+        found.append((proc, env))
+    return found
+
+
+def driver_alive(env: dict[str, str]) -> bool:
+    try:
+        pid = int(env.get(DRIVER_PID_VAR, "0"))
+        start = float(env.get(DRIVER_START_VAR, "0"))
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - start) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def terminate(procs: Iterable[psutil.Process], grace: float) -> list[int]:
+    """SIGTERM, wait up to `grace`, then SIGKILL. Returns the pids that were signalled."""
+    procs = [p for p in procs if p.is_running()]
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in procs]
+
+
+def stop_children(pid: int, grace: float) -> list[int]:
+    """Stop every descendant of `pid` (used by workers on teardown)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    # multiprocessing's resource tracker is a child too; stopping it early is harmless
+    return terminate(children, grace)
+
+
+def stop_run_processes(run_id: str, grace: float) -> list[int]:
+    """Stop every process still labelled with `run_id` (grandchildren, orphans)."""
+    return terminate([p for p, _ in labelled_processes(run_id)], grace)

@@ -1,0 +1,287 @@
+"""ClusterSpec and JobSpec: validated once, at construction, before any process starts.
+
+Every error names the field and what is allowed. A job is a file: `JobSpec.from_yaml`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Any, Callable, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from . import config
+from .durations import nbytes, seconds
+from .errors import SpecError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _default(key: str) -> Any:
+    return config.get(key)
+
+
+class _Strict(BaseModel):
+    # validated once, at construction; assigning later is not re-validated
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @classmethod
+    def parse(cls, data: Any):
+        """Validate `data` and turn pydantic's errors into one readable SpecError."""
+        if isinstance(data, cls):
+            return data
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(format_validation_error(cls.__name__, e)) from None
+
+
+def format_validation_error(model: str, error: ValidationError) -> str:
+    lines = [f"invalid {model}:"]
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the ClusterSpec/JobSpec fields in the README)"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+class ClusterSpec(_Strict):
+    """Where and how big the ephemeral cluster is. Backend-specific keys go in `options`."""
+
+    backend: str = Field(default_factory=lambda: _default("cluster.backend"))
+    n_workers: int = Field(default_factory=lambda: _default("cluster.n-workers"))
+    threads_per_worker: int = Field(default_factory=lambda: _default("cluster.threads-per-worker"))
+    memory_per_worker: str | int | None = Field(
+        default_factory=lambda: _default("cluster.memory-per-worker"))
+    env: dict[str, str] = Field(default_factory=dict)
+    drop_env: list[str] = Field(default_factory=lambda: list(_default("cluster.drop-env")))
+    address: str | None = None
+    dashboard: bool = Field(default_factory=lambda: _default("cluster.dashboard"))
+    worker_death_timeout: str | float = Field(
+        default_factory=lambda: _default("cluster.worker-death-timeout"))
+    preload: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("n_workers")
+    @classmethod
+    def _workers(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("threads_per_worker")
+    @classmethod
+    def _threads(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _memory(cls, v):
+        nbytes(v, field="memory_per_worker")
+        return v
+
+    @field_validator("worker_death_timeout")
+    @classmethod
+    def _death(cls, v):
+        seconds(v, field="worker_death_timeout")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping of NAME: value, got {type(v).__name__}")
+        out = {}
+        for k, val in v.items():
+            if not isinstance(k, str) or not _ENV_NAME.match(k):
+                raise ValueError(f"{k!r} is not a valid environment variable name")
+            if isinstance(val, (dict, list)) or val is None:
+                raise ValueError(f"{k}: value must be a string or number, got {val!r}")
+            out[k] = str(val)
+        return out
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from .backends import backend_names
+        names = backend_names()
+        if v not in names:
+            raise ValueError(f"unknown backend {v!r}; available: {', '.join(sorted(names))}")
+        return v
+
+    @model_validator(mode="after")
+    def _backend_rules(self):
+        from .backends import get_backend
+        get_backend(self.backend).validate(self)
+        return self
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return nbytes(self.memory_per_worker, field="memory_per_worker")
+
+    @property
+    def death_timeout_s(self) -> float:
+        return seconds(self.worker_death_timeout, field="worker_death_timeout")
+
+
+PayloadRef = str | Callable[..., Any]
+
+
+class JobSpec(_Strict):
+    """One run: a payload, its params, the cluster it runs on, and its limits."""
+
+    name: str
+    payload: Any
+    params: dict[str, Any] = Field(default_factory=dict)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    startup_timeout: str | float = Field(default_factory=lambda: _default("startup-timeout"))
+    timeout: str | float | None = Field(default_factory=lambda: _default("timeout"))
+    record_dir: str = Field(default_factory=lambda: str(_default("record-dir")))
+    labels: dict[str, str] = Field(default_factory=dict)
+    version_check: Literal["error", "warn", "off"] = Field(
+        default_factory=lambda: _default("version-check"))
+    performance_report: bool | Literal["auto"] = Field(
+        default_factory=lambda: _default("performance-report"))
+    forward_logs: bool = Field(default_factory=lambda: _default("forward-logs"))
+    worker_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default_factory=lambda: _default("worker-log-level"))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid job name: 1-63 letters, digits, '_', '.', '-', "
+                "starting with a letter or digit")
+        return v
+
+    @field_validator("startup_timeout")
+    @classmethod
+    def _startup(cls, v):
+        seconds(v, field="startup_timeout")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        seconds(v, field="timeout")
+        return v
+
+    @field_validator("record_dir")
+    @classmethod
+    def _record_dir(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping of key: value, got {type(v).__name__}")
+        out = {}
+        for k, val in v.items():
+            if not isinstance(k, str) or not _LABEL_KEY.match(k):
+                raise ValueError(f"label key {k!r}: 1-63 letters, digits, '_', '.', '/', '-'")
+            if isinstance(val, (dict, list)) or val is None:
+                raise ValueError(f"label {k}: value must be a string or number, got {val!r}")
+            out[k] = str(val)
+        return out
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v):
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping of keyword arguments, got {type(v).__name__}")
+        for k in v:
+            if not isinstance(k, str) or not k.isidentifier():
+                raise ValueError(f"{k!r} is not a valid keyword argument name")
+        return v
+
+    @field_validator("performance_report")
+    @classmethod
+    def _report(cls, v):
+        if v is True:
+            try:
+                import bokeh  # noqa: F401
+            except ImportError:
+                raise ValueError("needs bokeh: pip install 'daskjob[report]', or set it to false") from None
+        return v
+
+    @model_validator(mode="after")
+    def _payload(self):
+        from .payload import check_payload
+        self.payload = check_payload(self.payload, self.params)
+        return self
+
+    # -- convenience ------------------------------------------------------------------
+    @property
+    def startup_timeout_s(self) -> float:
+        return seconds(self.startup_timeout, field="startup_timeout")
+
+    @property
+    def timeout_s(self) -> float | None:
+        return seconds(self.timeout, field="timeout")
+
+    @property
+    def report_enabled(self) -> bool:
+        if self.performance_report == "auto":
+            try:
+                import bokeh  # noqa: F401
+                return True
+            except ImportError:
+                return False
+        return bool(self.performance_report)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, *, params: dict[str, Any] | None = None) -> "JobSpec":
+        """Load a job file. A relative script payload is resolved against the file's folder."""
+        return cls.parse(load_yaml(path, params=params))
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as JSON-safe data, with secret-looking values hidden."""
+        from .record import redact
+        data = self.model_dump(mode="python")
+        data["payload"] = describe_payload(self.payload)
+        return redact(data)
+
+
+def load_yaml(path: str | os.PathLike, *, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise SpecError(f"job file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"job file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"job file {str(path)!r} must hold a mapping (name:, payload:, ...)")
+    payload = data.get("payload")
+    if isinstance(payload, str) and payload.endswith(".py") and not os.path.isabs(payload):
+        candidate = p.parent / payload
+        if candidate.exists():
+            data["payload"] = str(candidate.resolve())
+    if params:
+        data["params"] = {**(data.get("params") or {}), **params}
+    return data
+
+
+def describe_payload(payload: Any) -> str:
+    if isinstance(payload, str):
+        return payload
+    mod = getattr(payload, "__module__", None) or "?"
+    qual = getattr(payload, "__qualname__", None) or type(payload).__name__
+    return f"{mod}:{qual}"
