@@ -10,6 +10,9 @@ def seconds(value: str | int | float | None, *, field: str) -> float | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"{field}: expected a duration like '90s', '2m', '1h' or seconds, got {value!r}")
+    if (isinstance(value, (int, float)) and value <= 0) or (
+            isinstance(value, str) and value.strip().startswith("-")):
+        raise ValueError(f"{field}: must be positive, got {value!r}")
     try:
         result = float(parse_timedelta(value, default="seconds"))
     except (ValueError, KeyError, TypeError, AttributeError):

@@ -220,6 +220,12 @@ class WorkerObserver(WorkerPlugin):
             stop_children(os.getpid(), grace=2.0)
 
 
+def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
+    """Run on the scheduler: the firehose plugin's task counters."""
+    p = dask_scheduler.plugins.get(plugin)
+    return dict(p.progress) if p is not None else {"added": 0, "done": 0, "erred": 0}
+
+
 def _emit_barrier(dask_worker=None, token: str = "") -> None:
     # runs on each worker's event loop, after the log_event calls that tasks queued
     dask_worker.log_event(BARRIER_TOPIC, {"token": token, "worker_name": str(dask_worker.name)})
@@ -233,6 +239,16 @@ class FirehosePlugin(SchedulerPlugin):
         self.client_id = client_id
         self.name = name
         self.names: dict[str, str] = {}
+        # task progress for the CLI's progress bar
+        self.progress = {"added": 0, "done": 0, "erred": 0}
+
+    def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
+        if start == "released" and finish in ("waiting", "queued", "processing", "no-worker"):
+            self.progress["added"] += 1
+        elif finish == "memory":
+            self.progress["done"] += 1
+        elif finish == "erred":
+            self.progress["erred"] += 1
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -243,9 +259,15 @@ class FirehosePlugin(SchedulerPlugin):
         ws = scheduler.workers.get(worker)
         self.names[worker] = str(ws.name) if ws is not None else worker
 
+    def remove_client(self, scheduler, client: str) -> None:
+        if client == self.client_id:
+            self.client_id = None  # our driver left: nobody to forward to
+
     def log_event(self, topic: str, msg: Any) -> None:
         # per-worker topics repeat what the scheduler also logs under "all"
-        if topic == FIREHOSE_TOPIC or topic.startswith(_ADDRESS_PREFIXES):
+        if (self.client_id is None or topic == FIREHOSE_TOPIC
+                or topic.startswith(_ADDRESS_PREFIXES)
+                or self.client_id not in self.scheduler.client_comms):
             return
         name = None
         if isinstance(msg, dict) and isinstance(msg.get("worker"), str):
@@ -332,10 +354,13 @@ class Collector:
         worker_name = None
         if isinstance(msg, dict):
             worker_name = msg.get("worker_name") or name
+        if worker_name is not None:
+            worker_name = display_name(worker_name)
         record = {"time": ts, "topic": topic, "worker": worker_name, "data": msg}
         self._write_event(record)
 
     def _worker_change(self, ts: float, msg: dict, name: str | None) -> None:
+        name = display_name(name) if name is not None else None
         if msg["action"] == "add-worker":
             what, data = "worker joined", {"worker": name, "address": msg.get("worker")}
         else:
@@ -368,13 +393,11 @@ class Collector:
                 logger.exception("daskjob: on_event callback failed")
 
     def _handle_log(self, ts: float, msg: dict) -> None:
-        source = str(msg.get("worker_name") or "unknown")
+        source = display_name(msg.get("worker_name") or "unknown")
         line = f"{_fmt_time(msg.get('time', ts))} {msg.get('level', 'INFO'):<7} {msg.get('logger', '')}: {msg.get('message', '')}"
         f = self._log_files.get(source)
         if f is None:
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source)
-            if safe.isdigit():  # LocalCluster names its workers 0, 1, ...
-                safe = f"worker-{safe}"
             f = self._log_files[source] = open(os.path.join(self.logs_dir, f"{safe}.log"), "a")
         f.write(line + "\n")
         self.log_line_count += 1
@@ -416,6 +439,12 @@ class Collector:
         self._events.close()
         for f in self._log_files.values():
             f.close()
+
+
+def display_name(name: Any) -> str:
+    """LocalCluster names workers 0, 1, ...: show them as worker-0, worker-1."""
+    text = str(name)
+    return f"worker-{text}" if text.isdigit() else text
 
 
 def _fmt_time(ts: float) -> str:

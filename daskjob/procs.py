@@ -89,6 +89,20 @@ def terminate(procs: Iterable[psutil.Process], grace: float) -> list[int]:
     return [p.pid for p in procs]
 
 
+def process_tree(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes and all their descendants, as they are now."""
+    tree: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            tree[pid] = proc
+            for child in proc.children(recursive=True):
+                tree[child.pid] = child
+        except psutil.NoSuchProcess:
+            continue
+    return list(tree.values())
+
+
 def stop_children(pid: int, grace: float) -> list[int]:
     """Stop every descendant of `pid` (used by workers on teardown)."""
     try:

@@ -38,7 +38,7 @@ from .errors import JobCancelled, JobFailed, JobTimedOut, SpecError, StartupFail
 from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
                       _emit_barrier)
 from .payload import ResolvedPayload, resolve
-from .procs import label_env, stop_run_processes
+from .procs import label_env, process_tree, stop_run_processes, terminate
 from .record import RecordDir, redact
 from .spec import JobSpec, describe_payload, load_yaml
 
@@ -160,6 +160,17 @@ class JobRun:
         if not self._cancel.is_set():
             self._cancel_reason = reason
             self._cancel.set()
+
+    def task_progress(self) -> dict[str, int] | None:
+        """Tasks added/done/erred so far on the run's scheduler (None before it exists)."""
+        client = self._client
+        if client is None or client.status != "running":
+            return None
+        from .observe import task_progress
+        try:
+            return client.run_on_scheduler(task_progress, plugin=f"daskjob-firehose-{self.run_id}")
+        except Exception:
+            return None
 
     @property
     def cancelled(self) -> bool:
@@ -553,18 +564,23 @@ class JobRun:
                     self._client.unregister_scheduler_plugin(f"daskjob-firehose-{self.run_id}")
             with contextlib.suppress(Exception):
                 self._client.close(timeout=grace)
+        killed: list[int] = []
         if self._cluster is not None:
             if self.backend.owns_cluster:
+                # remember the process tree now: after close, orphans have no parent to find
+                tree = process_tree(self.backend.process_ids(self._cluster))
                 try:
                     self.backend.close(self._cluster, timeout=grace)
                     outcome["cluster"] = "closed"
                 except Exception as e:
-                    outcome["cluster"] = f"close failed: {_one_line(e)}"
+                    outcome["cluster"] = f"close failed, processes killed: {_one_line(e)}"
+                killed += terminate([p for p in tree if p.is_running()], grace=2.0)
             else:
                 outcome["cluster"] = "borrowed (left running)"
         if self.backend.owns_cluster:
             # grandchildren (a task's subprocess) survive a plain cluster close
-            outcome["killed_processes"] = stop_run_processes(self.run_id, grace=2.0)
+            killed += stop_run_processes(self.run_id, grace=2.0)
+        outcome["killed_processes"] = sorted(set(killed))
         return outcome
 
     def _emergency_teardown(self) -> None:

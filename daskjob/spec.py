@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -18,9 +18,9 @@ from . import config
 from .durations import nbytes, seconds
 from .errors import SpecError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _default(key: str) -> Any:
@@ -29,7 +29,9 @@ def _default(key: str) -> Any:
 
 class _Strict(BaseModel):
     # validated once, at construction; assigning later is not re-validated
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True,
+                              validate_default=True)  # defaults from dask.config are input too
+    _whole_model_label: ClassVar[str] = "spec"
 
     @classmethod
     def parse(cls, data: Any):
@@ -39,13 +41,13 @@ class _Strict(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise SpecError(format_validation_error(cls.__name__, e)) from None
+            raise SpecError(format_validation_error(cls.__name__, e, cls._whole_model_label)) from None
 
 
-def format_validation_error(model: str, error: ValidationError) -> str:
+def format_validation_error(model: str, error: ValidationError, whole: str = "spec") -> str:
     lines = [f"invalid {model}:"]
     for err in error.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(spec)"
+        where = ".".join(str(p) for p in err["loc"]) or whole
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the ClusterSpec/JobSpec fields in the README)"
@@ -54,8 +56,17 @@ def format_validation_error(model: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _no_bool(v: Any) -> Any:
+    # pydantic would turn True into 1 (one worker, one second, one byte): refuse it
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number or a string, got {v!r}")
+    return v
+
+
 class ClusterSpec(_Strict):
     """Where and how big the ephemeral cluster is. Backend-specific keys go in `options`."""
+
+    _whole_model_label: ClassVar[str] = "cluster"
 
     backend: str = Field(default_factory=lambda: _default("cluster.backend"))
     n_workers: int = Field(default_factory=lambda: _default("cluster.n-workers"))
@@ -70,6 +81,12 @@ class ClusterSpec(_Strict):
         default_factory=lambda: _default("cluster.worker-death-timeout"))
     preload: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("n_workers", "threads_per_worker", "memory_per_worker",
+                     "worker_death_timeout", mode="before")
+    @classmethod
+    def _numbers_not_bools(cls, v):
+        return _no_bool(v)
 
     @field_validator("n_workers")
     @classmethod
@@ -104,7 +121,7 @@ class ClusterSpec(_Strict):
             raise ValueError(f"must be a mapping of NAME: value, got {type(v).__name__}")
         out = {}
         for k, val in v.items():
-            if not isinstance(k, str) or not _ENV_NAME.match(k):
+            if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
                 raise ValueError(f"{k!r} is not a valid environment variable name")
             if isinstance(val, (dict, list)) or val is None:
                 raise ValueError(f"{k}: value must be a string or number, got {val!r}")
@@ -141,6 +158,8 @@ PayloadRef = str | Callable[..., Any]
 class JobSpec(_Strict):
     """One run: a payload, its params, the cluster it runs on, and its limits."""
 
+    _whole_model_label: ClassVar[str] = "payload"
+
     name: str
     payload: Any
     params: dict[str, Any] = Field(default_factory=dict)
@@ -160,11 +179,16 @@ class JobSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a valid job name: 1-63 letters, digits, '_', '.', '-', "
                 "starting with a letter or digit")
         return v
+
+    @field_validator("startup_timeout", "timeout", mode="before")
+    @classmethod
+    def _durations_not_bools(cls, v):
+        return _no_bool(v)
 
     @field_validator("startup_timeout")
     @classmethod
@@ -192,7 +216,7 @@ class JobSpec(_Strict):
             raise ValueError(f"must be a mapping of key: value, got {type(v).__name__}")
         out = {}
         for k, val in v.items():
-            if not isinstance(k, str) or not _LABEL_KEY.match(k):
+            if not isinstance(k, str) or not _LABEL_KEY.fullmatch(k):
                 raise ValueError(f"label key {k!r}: 1-63 letters, digits, '_', '.', '/', '-'")
             if isinstance(val, (dict, list)) or val is None:
                 raise ValueError(f"label {k}: value must be a string or number, got {val!r}")

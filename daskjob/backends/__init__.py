@@ -75,6 +75,10 @@ class Backend:
     def dashboard_link(self, cluster: Any) -> str | None:
         return getattr(cluster, "dashboard_link", None)
 
+    def process_ids(self, cluster: Any) -> list[int]:
+        """Pids of processes this machine runs for the cluster (killed if close fails)."""
+        return []
+
     def close(self, cluster: Any, timeout: float) -> None:
         cluster.close(timeout=timeout)
 

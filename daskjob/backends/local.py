@@ -72,6 +72,15 @@ class LocalBackend(Backend):
             **spec.options,
         )
 
+    def process_ids(self, cluster: Any) -> list[int]:
+        pids = []
+        for nanny in list(getattr(cluster, "workers", {}).values()):
+            proc = getattr(getattr(nanny, "process", None), "process", None)
+            pid = getattr(proc, "pid", None)
+            if pid:
+                pids.append(pid)
+        return pids
+
     def failure_reason(self, cluster: Any) -> str | None:
         nannies = list(getattr(cluster, "workers", {}).values())
         if not nannies or not all(n.status == Status.failed for n in nannies):

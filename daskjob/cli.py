@@ -1,0 +1,196 @@
+"""`daskjob run JOB.yaml`, `daskjob show RECORD`, `daskjob reap`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--param expects key=value, got {item!r}")
+        try:
+            params[key] = json.loads(raw)  # numbers, booleans, lists; else a plain string
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _print_event(record: dict) -> None:
+    topic = record["topic"]
+    if topic == "daskjob.lifecycle":
+        return  # the daskjob logger reports these already
+    data = record.get("data")
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ("worker", "worker_name")}
+    console.print(f"[cyan]event[/] [bold]{topic}[/] [dim]{record.get('worker') or ''}[/] {data}",
+                  highlight=False, soft_wrap=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import JobFailed, SpecError
+    from .run import JobRun, install_signal_handlers, write_rejected_record
+    from .spec import JobSpec, load_yaml
+
+    params = _parse_params(args.param or [])
+    # like `python -m`: "module:function" payloads resolve from here and from the job's folder
+    for folder in (os.path.dirname(os.path.abspath(args.job)), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        raw = load_yaml(args.job, params=params)
+        if args.record_dir:
+            raw["record_dir"] = args.record_dir
+        spec = JobSpec.parse(raw)
+    except SpecError as e:
+        where = write_rejected_record(raw, e) if "raw" in locals() else None
+        console.print(f"[red]invalid job:[/] {e}")
+        if where:
+            console.print(f"record: {where}")
+        return 2
+
+    run = JobRun(spec, on_event=None if args.quiet else _print_event)
+    install_signal_handlers()
+    stop = threading.Event()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} tasks"),
+                        TextColumn("{task.fields[erred]} erred"), TimeElapsedColumn(),
+                        console=console, transient=True)
+
+    def watch():
+        task = progress.add_task(spec.name, total=None, erred=0)
+        while not stop.wait(0.5):
+            counts = run.task_progress()
+            if counts:
+                progress.update(task, total=max(counts["added"], 1), completed=counts["done"],
+                                erred=counts["erred"])
+
+    watcher = None
+    if not args.quiet and console.is_terminal:
+        progress.start()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    try:
+        result = run.run()
+    except JobFailed as e:
+        console.print(f"[red bold]{e.status}[/]: {e}", highlight=False)
+        return 1
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(2)
+            progress.stop()
+    rec = result.record
+    console.print(f"[green bold]succeeded[/] in {rec['duration_s']}s · {rec['events']['count']} events · "
+                  f"{rec['logs']['lines']} log lines")
+    console.print(f"record: {rec['record_path']}")
+    if result.value is not None:
+        out.print_json(data=rec["result"].get("value")) if rec["result"].get("json") else out.print(repr(result.value))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .record import read_record
+    try:
+        rec = read_record(args.record)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        console.print(f"[red]{e}[/]")
+        return 1
+    if args.json:
+        out.print_json(data=rec)
+        return 0
+    colour = {"succeeded": "green", "running": "yellow"}.get(rec["status"], "red")
+    t = Table(title=f"{rec['run_id']}", show_header=False)
+    t.add_row("status", f"[{colour}]{rec['status']}[/]")
+    for key in ("name", "payload", "backend", "started_at", "duration_s", "record_path",
+                "dashboard_link"):
+        if rec.get(key) is not None:
+            t.add_row(key, str(rec[key]))
+    if rec.get("workers"):
+        t.add_row("workers", ", ".join(f"{k}={v}" for k, v in rec["workers"].items()))
+    for name, ph in (rec.get("phases") or {}).items():
+        t.add_row(f"phase {name}", f"{ph['seconds']}s")
+    if rec.get("events"):
+        top = sorted(rec["events"]["topics"].items(), key=lambda kv: -kv[1])[:8]
+        t.add_row("events", f"{rec['events']['count']} ({', '.join(f'{k}: {v}' for k, v in top)})")
+    if rec.get("logs"):
+        t.add_row("logs", f"{rec['logs']['lines']} lines in {', '.join(rec['logs']['files'])}")
+    for death in rec.get("worker_deaths") or []:
+        t.add_row("worker died", f"{death.get('worker')} ({death.get('reason')})")
+    if rec.get("teardown"):
+        t.add_row("teardown", json.dumps(rec["teardown"]))
+    if rec.get("result"):
+        t.add_row("result", json.dumps(rec["result"].get("value", rec["result"].get("repr")))[:500])
+    if rec.get("error"):
+        t.add_row("error", rec["error"]["message"][:2000])
+    if rec["status"] == "running":
+        t.add_row("note", "no end recorded: the run is still going, or its driver was killed "
+                          "(see `daskjob reap`)")
+    out.print(t)
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from .durations import seconds
+    from .reap import find_orphans, reap
+    older = seconds(args.older_than, field="--older-than") if args.older_than not in ("0", "0s") else 0.0
+    orphans = find_orphans(older_than=older or 0.0)
+    if not orphans:
+        out.print("nothing to reap")
+        return 0
+    t = Table("run id", "pid", "age", "command", title="left behind by killed runs")
+    for o in orphans:
+        t.add_row(o.run_id, str(o.pid), f"{o.age_s:.0f}s", o.command[:80])
+    out.print(t)
+    if args.dry_run:
+        out.print(f"{len(orphans)} process(es) would be stopped (--dry-run)")
+        return 0
+    stopped = reap(orphans)
+    out.print(f"stopped {len(stopped)} process(es)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="daskjob", description="Run Dask jobs on ephemeral clusters.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a job file on an ephemeral cluster")
+    r.add_argument("job", help="job YAML file (name, payload, params, cluster, ...)")
+    r.add_argument("--param", "-p", action="append", metavar="KEY=VALUE",
+                   help="set a payload parameter (repeatable; values parsed as JSON when possible)")
+    r.add_argument("--record-dir", help="override the job's record_dir")
+    r.add_argument("--quiet", "-q", action="store_true", help="no live events or progress bar")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("show", help="summarise a past run (a run folder, or the newest in a record dir)")
+    s.add_argument("record")
+    s.add_argument("--json", action="store_true", help="print the whole record.json")
+    s.set_defaults(fn=cmd_show)
+    k = sub.add_parser("reap", help="stop processes left behind by killed runs")
+    k.add_argument("--older-than", default="0s", help="only runs started at least this long ago (e.g. 1h)")
+    k.add_argument("--dry-run", action="store_true", help="list, do not stop")
+    k.set_defaults(fn=cmd_reap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="%H:%M:%S",
+                        handlers=[RichHandler(console=console, show_path=False,
+                                              rich_tracebacks=False, markup=False)])
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Shared fixtures. Every test that starts processes is followed by a leak check, in the
+spirit of distributed's `cleanup` fixture: no child process, no process labelled by a
+daskjob run, no listening port of ours left behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from daskjob.procs import labelled_processes  # noqa: E402
+
+LEAK_WAIT = 10.0  # seconds a test's processes get to disappear
+
+
+def _is_helper(proc: psutil.Process) -> bool:
+    # multiprocessing's resource tracker lives as long as the test process does
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
+
+
+def leftovers(baseline_children: set[int], baseline_ports: set) -> dict[str, list]:
+    me = psutil.Process()
+    children = [p for p in me.children(recursive=True)
+                if p.pid not in baseline_children and not _is_helper(p)]
+    labelled = [p for p, _ in labelled_processes()]
+    ports = {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    return {"children": children, "labelled": labelled, "ports": sorted(ports - baseline_ports)}
+
+
+def wait_until_clean(baseline_children: set[int], baseline_ports: set,
+                     timeout: float = LEAK_WAIT) -> dict[str, list]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = leftovers(baseline_children, baseline_ports)
+        if not any(found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves processes or listening ports behind."""
+    me = psutil.Process()
+    base_children = {p.pid for p in me.children(recursive=True)}
+    base_ports = {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    yield
+    found = wait_until_clean(base_children, base_ports)
+    for proc in found["children"] + found["labelled"]:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    assert not any(found.values()), f"leaked after the test: {found}"
+
+
+@pytest.fixture
+def records(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d
+
+
+def only_run(records_dir) -> str:
+    runs = [p for p in os.listdir(records_dir) if not p.startswith(".")]
+    assert len(runs) == 1, runs
+    return os.path.join(records_dir, runs[0])

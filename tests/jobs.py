@@ -1,0 +1,106 @@
+"""Payloads used by the tests. This module is not installed: workers import it because
+daskjob puts its folder on their sys.path (the "code reaches the workers" contract)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+
+from distributed import get_client
+
+import daskjob
+
+
+def double(x):
+    return 2 * x
+
+
+def add_up(n: int, client=None):
+    client = client or get_client()
+    return sum(client.gather(client.map(double, range(n))))
+
+
+def _boom(x):
+    raise ValueError(f"boom-from-worker {x}")
+
+
+def raises_on_worker():
+    return get_client().submit(_boom, 7).result()
+
+
+def _sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def sleeps(seconds: float = 60, tasks: int = 2):
+    client = get_client()
+    return client.gather(client.map(_sleep, [seconds] * tasks, pure=False))
+
+
+def _talk(i):
+    logging.getLogger("user.payload").info("user-log-line %s", i)
+    print(f"print-line {i}")
+    daskjob.event("test.talk", i=i)
+    return i
+
+
+def talks(n: int = 2):
+    client = get_client()
+    return client.gather(client.map(_talk, range(n)))
+
+
+def _emit(count, worker_tag):
+    for i in range(count):
+        daskjob.event("bulk", i=i, tag=worker_tag)
+    return count
+
+
+def many_events(per_worker: int = 100_000):
+    client = get_client()
+    workers = list(client.scheduler_info()["workers"])
+    futs = [client.submit(_emit, per_worker, w, workers=[w], pure=False) for w in workers]
+    return sum(client.gather(futs))
+
+
+def _kill_my_worker_once(marker, x):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 1
+
+
+def survives_worker_kill(marker: str):
+    client = get_client()
+    return sum(client.gather(client.map(_kill_my_worker_once, [marker] * 4, range(4), pure=False)))
+
+
+def _hog(mb):
+    blocks = []
+    for _ in range(mb // 50):
+        blocks.append(bytearray(50 * 2**20))
+        time.sleep(0.02)
+    return len(blocks)
+
+
+def hogs_memory(mb: int = 2000):
+    return get_client().submit(_hog, mb, pure=False).result()
+
+
+def _start_grandchild(_):
+    proc = subprocess.Popen(["sleep", "300"])
+    return proc.pid
+
+
+def leaves_grandchild():
+    return get_client().submit(_start_grandchild, 0, pure=False).result()
+
+
+def grandchild_then_sleep(seconds: float = 120):
+    client = get_client()
+    pid = client.submit(_start_grandchild, 0, pure=False).result()
+    daskjob.event("test.grandchild", pid=pid)
+    return client.submit(_sleep, seconds, pure=False).result()

@@ -1,0 +1,1 @@
+"""Helper files for tests/test_spec.py."""

@@ -1,0 +1,293 @@
+"""The lifecycle contract on real LocalClusters: teardown always, never hang, record kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import dask
+import psutil
+import pytest
+
+import daskjob
+from daskjob import (ClusterSpec, JobCancelled, JobFailed, JobRun, JobSpec, JobTimedOut,
+                     StartupFailed, run_job)
+
+from conftest import REPO, only_run
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+SMALL = dict(n_workers=2, threads_per_worker=1, memory_per_worker="1GiB")
+
+
+def spec(records, payload, **kw):
+    cluster = ClusterSpec(**{**SMALL, **kw.pop("cluster", {})})
+    kw.setdefault("startup_timeout", "60s")
+    kw.setdefault("performance_report", False)
+    return JobSpec(name=kw.pop("name", "t"), payload=payload, record_dir=str(records),
+                   cluster=cluster, **kw)
+
+
+def load(run_dir):
+    with open(os.path.join(run_dir, "record.json")) as f:
+        rec = json.load(f)
+    with open(os.path.join(run_dir, "events.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    return rec, events
+
+
+def lifecycle(events):
+    return [e["data"]["event"] for e in events if e["topic"] == "daskjob.lifecycle"]
+
+
+def check_failed_record(records, status, *, teardown=True):
+    run_dir = only_run(records)
+    rec, events = load(run_dir)
+    assert rec["status"] == status
+    assert rec["error"]["message"]
+    assert "run started" in lifecycle(events)
+    if teardown:
+        assert "teardown done" in lifecycle(events)
+        assert rec["teardown"]["cluster"] in ("closed", "not started")
+    assert os.path.isdir(os.path.join(run_dir, "logs"))
+    return rec, events
+
+
+def test_success_writes_full_record(records):
+    result = run_job(spec(records, "jobs:add_up", params={"n": 10}))
+    assert result.value == 90
+    rec, events = load(only_run(records))
+    assert rec["status"] == "succeeded"
+    assert rec["result"] == {"type": "int", "json": True, "value": 90}
+    assert rec["workers"] == {"expected": 2, "started": 2}
+    assert set(rec["phases"]) >= {"provision", "workers", "environment_check", "payload",
+                                  "snapshot", "teardown"}
+    assert rec["environment_check"]["ok"] is True
+    assert rec["dashboard_link"].startswith("http://127.0.0.1:")
+    steps = lifecycle(events)
+    assert steps.index("provisioned") < steps.index("payload started") < \
+        steps.index("payload finished") < steps.index("teardown done")
+    assert steps.count("worker joined") == 2
+    assert rec["labels"]["daskjob/run-id"] == rec["run_id"]
+
+
+def test_payload_raises_on_worker(records):
+    with pytest.raises(JobFailed) as info:
+        run_job(spec(records, "jobs:raises_on_worker"))
+    err = info.value
+    assert type(err) is JobFailed
+    assert "boom-from-worker 7" in str(err)
+    assert "_boom" in err.worker_traceback  # the worker-side frame
+    rec, _ = check_failed_record(records, "failed")
+    assert "boom-from-worker" in rec["error"]["message"]
+    assert "_boom" in rec["error"]["traceback"]
+
+
+def test_payload_timeout(records):
+    t = time.monotonic()
+    with pytest.raises(JobTimedOut):
+        run_job(spec(records, "jobs:sleeps", params={"seconds": 120}, timeout="3s"))
+    assert time.monotonic() - t < 40
+    rec, _ = check_failed_record(records, "timed_out")
+    assert rec["phases"]["payload"]["seconds"] < 6
+
+
+def test_workers_never_start(records, tmp_path):
+    slow = tmp_path / "slow_preload.py"
+    slow.write_text("import time\ntime.sleep(120)\n")
+    t = time.monotonic()
+    with pytest.raises(StartupFailed) as info:
+        run_job(spec(records, "jobs:add_up", params={"n": 1}, startup_timeout="4s",
+                     cluster={"preload": [str(slow)]}))
+    assert time.monotonic() - t < 30
+    assert "0 of 2 workers arrived within startup_timeout" in str(info.value)
+    check_failed_record(records, "startup_failed")
+
+
+def test_workers_crash_at_start(records, tmp_path):
+    bad = tmp_path / "bad_preload.py"
+    bad.write_text("raise RuntimeError('cannot start here: missing driver xyz')\n")
+    t = time.monotonic()
+    with pytest.raises(StartupFailed) as info:
+        run_job(spec(records, "jobs:add_up", params={"n": 1}, startup_timeout="60s",
+                     cluster={"preload": [str(bad)]}))
+    assert time.monotonic() - t < 30, "must fail promptly, not wait for startup_timeout"
+    assert "missing driver xyz" in str(info.value)
+    check_failed_record(records, "startup_failed")
+
+
+def test_grandchildren_are_stopped(records):
+    result = run_job(spec(records, "jobs:leaves_grandchild"))
+    pid = result.value
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    rec, _ = load(only_run(records))
+    assert rec["teardown"]["cluster"] == "closed"
+
+
+def test_cancel_from_another_thread(records):
+    run = JobRun(spec(records, "jobs:sleeps", params={"seconds": 120}))
+    timer = threading.Timer(8, run.cancel, kwargs={"reason": "operator asked"})
+    timer.start()
+    t = time.monotonic()
+    try:
+        with pytest.raises(JobCancelled) as info:
+            run.run()
+    finally:
+        timer.cancel()
+    assert "operator asked" in str(info.value)
+    assert time.monotonic() - t < 40
+    check_failed_record(records, "cancelled")
+
+
+def test_keyboard_interrupt_tears_down(records):
+    timer = threading.Timer(8, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(spec(records, "jobs:sleeps", params={"seconds": 120}))
+    finally:
+        timer.cancel()
+    check_failed_record(records, "cancelled")
+
+
+def test_worker_killed_mid_run_recomputes(records, tmp_path):
+    marker = str(tmp_path / "killed-once")
+    result = run_job(spec(records, "jobs:survives_worker_kill", params={"marker": marker}))
+    assert result.value == sum(range(1, 5))
+    assert os.path.exists(marker)
+    rec, events = load(only_run(records))
+    assert rec["status"] == "succeeded"
+    assert "worker died" in lifecycle(events)
+    assert rec["worker_deaths"], "the killed worker is recorded"
+
+
+def test_worker_over_memory_limit(records):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with pytest.raises(JobFailed) as info:
+            run_job(spec(records, "jobs:hogs_memory", params={"mb": 3000},
+                         cluster={"memory_per_worker": "400MiB"}))
+    assert "KilledWorker" in str(info.value) or "died" in str(info.value)
+    rec, events = check_failed_record(records, "failed")
+    assert "worker died" in lifecycle(events)
+
+
+def test_reference_that_does_not_import(records, tmp_path, monkeypatch):
+    (tmp_path / "broken_dep_mod.py").write_text("import not_installed_anywhere_abc\n\ndef f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = psutil.Process().children(recursive=True)
+    with pytest.raises(daskjob.SpecError) as info:
+        run_job({"name": "bad-import", "payload": "broken_dep_mod:f", "record_dir": str(records)})
+    assert "not_installed_anywhere_abc" in str(info.value)
+    assert psutil.Process().children(recursive=True) == before
+    rec, events = load(only_run(records))
+    assert rec["status"] == "startup_failed"
+    assert "not_installed_anywhere_abc" in rec["error"]["message"]
+    assert lifecycle(events) == ["spec rejected"]
+
+
+def test_workers_crash_importing_payload_module(records, tmp_path, monkeypatch):
+    # imports fine in the driver; on a worker the import kills the process (as a worker
+    # importing airflow under the task runner does)
+    (tmp_path / "crash_on_worker.py").write_text(textwrap.dedent("""
+        import os
+        from distributed import get_client
+        if os.environ.get("DASKJOB_RUN_ID"):
+            os._exit(3)
+
+        def task(x):
+            return x
+
+        def main():
+            return get_client().submit(task, 1).result()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t = time.monotonic()
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with pytest.raises(JobFailed) as info:
+            run_job(spec(records, "crash_on_worker:main"))
+    assert time.monotonic() - t < 90
+    assert "KilledWorker" in str(info.value) or "died" in str(info.value)
+    rec, events = check_failed_record(records, "failed")
+    assert "worker died" in lifecycle(events)
+
+
+def test_worker_import_error_is_reported(records, tmp_path, monkeypatch):
+    (tmp_path / "raise_on_worker.py").write_text(textwrap.dedent("""
+        import os
+        from distributed import get_client
+        if os.environ.get("DASKJOB_RUN_ID"):
+            raise ImportError("this module cannot be imported on workers: libfoo missing")
+
+        def task(x):
+            return x
+
+        def main():
+            return get_client().submit(task, 1).result()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(JobFailed) as info:
+        run_job(spec(records, "raise_on_worker:main"))
+    assert "libfoo missing" in str(info.value)
+    check_failed_record(records, "failed")
+
+
+def test_scheduler_killed_mid_run(records):
+    """A borrowed scheduler (a real `dask scheduler` process) dies: fail promptly."""
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests")}
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                              "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    worker = None
+    try:
+        address = None
+        for line in sched.stdout:
+            if "Scheduler at:" in line:
+                address = line.split("Scheduler at:")[1].strip()
+                break
+        assert address
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                   "--nthreads", "1", "--no-dashboard", "--death-timeout", "5"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        threading.Timer(10, sched.kill).start()
+        t = time.monotonic()
+        with pytest.raises(JobFailed) as info:
+            run_job(spec(records, "jobs:sleeps", params={"seconds": 120, "tasks": 1},
+                         cluster={"backend": "address", "address": address, "memory_per_worker": None}))
+        assert time.monotonic() - t < 60
+        assert "scheduler" in str(info.value).lower()
+        rec, _ = check_failed_record(records, "failed")
+        assert rec["teardown"]["cluster"] == "borrowed (left running)"
+    finally:
+        for p in (sched, worker):
+            if p is not None:
+                p.kill()
+                p.wait()
+
+
+def test_borrowed_cluster_is_never_shut_down(records):
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", scheduler_port=0,
+                      dashboard_address=None) as cluster:
+        result = run_job(spec(records, "jobs:add_up", params={"n": 3},
+                              cluster={"backend": "address", "address": cluster.scheduler_address,
+                                       "memory_per_worker": None}))
+        assert result.value == 6
+        assert cluster.status.name == "running"
+        assert len(cluster.scheduler.workers) == 1
+        # our plugins came off again
+        assert not [n for n in cluster.scheduler.plugins if n.startswith("daskjob")]
+
+
+def test_close_twice_is_harmless(records):
+    run = JobRun(spec(records, "jobs:add_up", params={"n": 2}))
+    run.run()
+    run._emergency_teardown()
+    run._emergency_teardown()
+    rec, events = load(only_run(records))
+    assert lifecycle(events).count("teardown done") == 1
