@@ -172,7 +172,7 @@ class WorkerObserver(WorkerPlugin):
 
     def __init__(self, run_id: str, *, drop_env: list[str], sys_path: list[str],
                  level: str = "INFO", forward_logs: bool = True, echo_streams: bool = False,
-                 own_workers: bool = True):
+                 own_workers: bool = True, stderr_dir: str | None = None):
         self.run_id = run_id
         self.drop_env = list(drop_env)
         self.sys_path = list(sys_path)
@@ -180,8 +180,16 @@ class WorkerObserver(WorkerPlugin):
         self.forward_logs = forward_logs
         self.echo_streams = echo_streams
         self.own_workers = own_workers
+        self.stderr_dir = stderr_dir
 
     def setup(self, worker) -> None:
+        if self.stderr_dir and self.own_workers:
+            # A worker that crashes prints its last words to fd 2 and may die before any
+            # event leaves it; on a shared filesystem keep them in the record's logs/.
+            path = os.path.join(self.stderr_dir, f"{display_name(worker.name)}.stderr.log")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 2)
+            os.close(fd)
         if self.own_workers:
             for name in list(os.environ):
                 if any(fnmatch.fnmatchcase(name, pat) for pat in self.drop_env):
@@ -299,6 +307,8 @@ class Collector:
         self.topics: dict[str, int] = defaultdict(int)
         self.tails: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=tail_lines))
         self.worker_deaths: list[dict] = []
+        # addresses of workers up right now, kept from the event stream (no RPC needed)
+        self.live_workers: set[str] = set()
         self._barriers: dict[str, set[str]] = defaultdict(set)
         self._barrier_cv = threading.Condition()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -362,8 +372,10 @@ class Collector:
     def _worker_change(self, ts: float, msg: dict, name: str | None) -> None:
         name = display_name(name) if name is not None else None
         if msg["action"] == "add-worker":
+            self.live_workers.add(msg.get("worker"))
             what, data = "worker joined", {"worker": name, "address": msg.get("worker")}
         else:
+            self.live_workers.discard(msg.get("worker"))
             died = not msg.get("expected", False) and not self._closing_cluster
             what = "worker died" if died else "worker left"
             data = {"worker": name, "address": msg.get("worker"),
@@ -429,6 +441,18 @@ class Collector:
         lines = [(source, line) for source, tail in self.tails.items() for line in tail]
         lines.sort(key=lambda sl: sl[1][:23])
         return [f"[{source}] {line}" for source, line in lines[-n:]]
+
+    def stderr_tail(self, n: int = 30) -> list[str]:
+        """Last lines workers wrote to their stderr files (crash tracebacks)."""
+        out: list[str] = []
+        for name in sorted(os.listdir(self.logs_dir)):
+            if name.endswith(".stderr.log"):
+                with open(os.path.join(self.logs_dir, name), errors="replace") as f:
+                    lines = f.read().splitlines()[-n:]
+                if lines:
+                    out.append(f"--- {name} ---")
+                    out.extend(lines)
+        return out
 
     def close(self) -> None:
         if self._closed:

@@ -47,6 +47,7 @@ logger = logging.getLogger("daskjob")
 _POLL = 0.05            # how often waits look at cancel flags and deadlines
 _HEALTH_EVERY = 0.5     # how often a running payload's cluster is checked
 _BARRIER_TIMEOUT = 10.0
+_SCHEDULER_LOST_AFTER = 10.0  # seconds without a scheduler before a run fails
 
 
 @dataclass
@@ -149,6 +150,8 @@ class JobRun:
         self._cluster: Any = None
         self._script: subprocess.Popen | None = None
         self._torn_down = threading.Event()
+        self._workers_hung = False
+        self._disconnected_since: float | None = None  # set when startup failed: workers are killed, not asked
         self._teardown_lock = threading.Lock()
 
     # ------------------------------------------------------------------ control
@@ -218,6 +221,7 @@ class JobRun:
                     value = self._lifecycle(record, phases, collector, recdir, stack)
                 except BaseException as e:  # noqa: BLE001 - classified and recorded below
                     failure = e
+                    self._workers_hung = isinstance(e, StartupFailed)
                     if isinstance(e, (KeyboardInterrupt, SystemExit)):
                         reraise = e
                 finally:
@@ -281,8 +285,9 @@ class JobRun:
         with phases.phase("workers"):
             self.backend.scale(self._cluster, expected)
             self._wait_for_workers(expected, deadline, collector)
-        record["workers"] = {"expected": expected,
-                             "started": len(self._client.scheduler_info(n_workers=-1)["workers"])}
+        workers_now = self._client.scheduler_info(n_workers=-1)["workers"]
+        collector.live_workers.update(workers_now)  # a borrowed cluster's workers joined earlier
+        record["workers"] = {"expected": expected, "started": len(workers_now)}
 
         with phases.phase("environment_check"):
             record["environment_check"] = self._check_environment()
@@ -355,7 +360,8 @@ class JobRun:
             sys_path=payload.worker_sys_path if self.backend.shares_filesystem else [],
             level=self.spec.worker_log_level, forward_logs=self.spec.forward_logs,
             echo_streams=not self.backend.shares_filesystem,
-            own_workers=self.backend.owns_cluster),
+            own_workers=self.backend.owns_cluster,
+            stderr_dir=self._collector.logs_dir if self.backend.shares_filesystem else None),
             name=f"daskjob-observer-{self.run_id}")
 
     def _wait_for_workers(self, n: int, deadline: float, collector: Collector) -> None:
@@ -378,8 +384,19 @@ class JobRun:
                 continue
 
     def _cluster_failure(self) -> str | None:
-        if self._client is not None and self._client.status not in ("running", "connecting", "newly-created"):
-            return f"lost the connection to the scheduler (client status {self._client.status!r})"
+        client = self._client
+        if client is not None:
+            if client.status == "running":
+                self._disconnected_since = None
+            elif client.status in ("connecting", "newly-created"):
+                # distributed retries for a minute; a scheduler gone this long is gone
+                now = time.monotonic()
+                self._disconnected_since = self._disconnected_since or now
+                if now - self._disconnected_since > _SCHEDULER_LOST_AFTER:
+                    return (f"lost the connection to the scheduler at {client.scheduler.address} "
+                            f"for more than {_SCHEDULER_LOST_AFTER:.0f}s")
+            else:
+                return f"lost the connection to the scheduler (client status {client.status!r})"
         if self.backend.owns_cluster and self._cluster is not None:
             status = getattr(self._cluster, "status", None)
             if status is not None and getattr(status, "name", "") in ("closed", "failed", "closing"):
@@ -479,7 +496,7 @@ class JobRun:
                 reason = self._cluster_failure()
                 if reason:
                     raise JobFailed(f"{reason}; the payload cannot continue")
-                n = len(self._client.scheduler_info(n_workers=-1)["workers"])
+                n = len(self._collector.live_workers)
                 if n == 0 and self.backend.owns_cluster:
                     no_workers_since = no_workers_since or now
                     if now - no_workers_since > self.spec.startup_timeout_s:
@@ -556,7 +573,7 @@ class JobRun:
                 os.killpg(self._script.pid, signal.SIGKILL)
             self._script.wait(5)
         if self._client is not None:
-            if not self.backend.owns_cluster:
+            if not self.backend.owns_cluster and self._client.status == "running":
                 # a borrowed cluster keeps running: take our plugins back off it
                 with contextlib.suppress(Exception):
                     self._client.unregister_worker_plugin(f"daskjob-observer-{self.run_id}")
@@ -569,11 +586,21 @@ class JobRun:
             if self.backend.owns_cluster:
                 # remember the process tree now: after close, orphans have no parent to find
                 tree = process_tree(self.backend.process_ids(self._cluster))
+                if self._workers_hung:
+                    # workers stuck in start block a clean close: stop them first
+                    killed += terminate(tree, grace=1.0)
                 try:
                     self.backend.close(self._cluster, timeout=grace)
                     outcome["cluster"] = "closed"
                 except Exception as e:
-                    outcome["cluster"] = f"close failed, processes killed: {_one_line(e)}"
+                    # kill what is there now (a nanny may have started a new process), retry
+                    tree += process_tree(self.backend.process_ids(self._cluster))
+                    killed += terminate([p for p in tree if p.is_running()], grace=1.0)
+                    try:
+                        self.backend.close(self._cluster, timeout=grace)
+                        outcome["cluster"] = f"closed after killing its processes ({_one_line(e)})"
+                    except Exception as e2:
+                        outcome["cluster"] = f"close failed, processes killed: {_one_line(e2)}"
                 killed += terminate([p for p in tree if p.is_running()], grace=2.0)
             else:
                 outcome["cluster"] = "borrowed (left running)"
@@ -617,6 +644,7 @@ class JobRun:
         cls = {"cancelled": JobCancelled, "timed_out": JobTimedOut,
                "startup_failed": StartupFailed}.get(status, JobFailed)
         tail = collector.log_tail(20)
+        crash = collector.stderr_tail(30) if status in ("failed", "startup_failed") else []
         if isinstance(failure, (_Cancelled, JobFailed)):
             headline = error["message"]
             worker_tb = None if isinstance(failure, _Cancelled) else _remote_traceback(failure)
@@ -628,6 +656,8 @@ class JobRun:
             parts.append("Traceback (payload / worker side):\n" + worker_tb.rstrip())
         if tail:
             parts.append("Last worker log lines:\n" + "\n".join(tail))
+        if crash:
+            parts.append("Worker stderr (last lines):\n" + "\n".join(crash))
         parts.append(f"Run record: {record['record_path']}")
         return cls("\n\n".join(parts), record=record, worker_traceback=worker_tb, log_tail=tail)
 

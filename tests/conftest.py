@@ -21,9 +21,11 @@ LEAK_WAIT = 10.0  # seconds a test's processes get to disappear
 
 
 def _is_helper(proc: psutil.Process) -> bool:
-    # multiprocessing's resource tracker lives as long as the test process does
+    # multiprocessing's resource tracker lives as long as the test process does;
+    # a zombie has exited already (its parent object has not collected it yet)
     try:
-        return "resource_tracker" in " ".join(proc.cmdline())
+        return (proc.status() == psutil.STATUS_ZOMBIE
+                or "resource_tracker" in " ".join(proc.cmdline()))
     except psutil.Error:
         return True
 

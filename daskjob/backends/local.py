@@ -17,9 +17,15 @@ if TYPE_CHECKING:
 
 
 class RecordingNanny(Nanny):
-    """A Nanny that keeps the reason its worker process failed to start."""
+    """A Nanny that keeps the reason its worker process failed to start, and that is
+    findable while it starts (SpecCluster lists workers only once they have started)."""
 
     startup_error: str | None = None
+    instances: list["RecordingNanny"] = []  # replaced by a fresh list per cluster
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instances.append(self)
 
     async def start_unsafe(self):
         try:
@@ -56,7 +62,8 @@ class LocalBackend(Backend):
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
         # Workers start through scale() so that a worker that never arrives cannot block
         # here: the caller watches the startup deadline and can always close the cluster.
-        return LocalCluster(
+        nanny_class = type("RecordingNanny", (RecordingNanny,), {"instances": []})
+        cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=spec.threads_per_worker,
             memory_limit=spec.memory_bytes if spec.memory_bytes else "auto",
@@ -64,27 +71,36 @@ class LocalBackend(Backend):
             host="127.0.0.1",
             scheduler_port=0,
             dashboard_address="127.0.0.1:0" if spec.dashboard else None,
-            worker_class=RecordingNanny,
+            worker_class=nanny_class,
             env=dict(ctx.worker_env),
             death_timeout=spec.death_timeout_s,
             preload=list(spec.preload) or None,
             silence_logs=logging.WARNING,
             **spec.options,
         )
+        cluster._daskjob_nannies = nanny_class.instances
+        return cluster
 
     def process_ids(self, cluster: Any) -> list[int]:
         pids = []
-        for nanny in list(getattr(cluster, "workers", {}).values()):
-            proc = getattr(getattr(nanny, "process", None), "process", None)
-            pid = getattr(proc, "pid", None)
+        for nanny in list(getattr(cluster, "_daskjob_nannies", [])):
+            pid = nanny.pid  # None before its process exists or after it is gone
             if pid:
                 pids.append(pid)
         return pids
 
     def failure_reason(self, cluster: Any) -> str | None:
-        nannies = list(getattr(cluster, "workers", {}).values())
-        if not nannies or not all(n.status == Status.failed for n in nannies):
+        nannies = list(getattr(cluster, "_daskjob_nannies", []))
+        if not nannies:
+            return None
+        gone = (Status.failed, Status.closed, Status.closing, Status.closing_gracefully)
+        if not all(n.status in gone for n in nannies):
             return None
         errors = {getattr(n, "startup_error", None) for n in nannies} - {None}
-        detail = "\n\n".join(sorted(errors)) or "(the worker process gave no reason)"
-        return f"all {len(nannies)} worker processes failed to start:\n{detail}"
+        if all(n.status == Status.failed for n in nannies):
+            head = f"all {len(nannies)} worker processes failed to start"
+        else:
+            head = (f"all {len(nannies)} worker processes exited and will not be restarted "
+                    "(a worker that crashes while loading a task closes its nanny)")
+        detail = "\n\n".join(sorted(errors))
+        return head + (f":\n{detail}" if detail else "")
