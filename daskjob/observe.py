@@ -335,8 +335,18 @@ class Collector:
                                               "level": level, "message": line}, source))
 
     def _drain(self) -> None:
+        # flush when idle or once a second, so `tail -f events.jsonl` is live
+        last_flush = time.monotonic()
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=0.5)
+            except queue.Empty:
+                item = False
+            if item is False or time.monotonic() - last_flush > 1.0:
+                self._flush_files()
+                last_flush = time.monotonic()
+                if item is False:
+                    continue
             if item is None:
                 break
             try:
@@ -346,9 +356,7 @@ class Collector:
 
     def _handle(self, ts: float, topic: str, msg: Any, name: str | None) -> None:
         if topic == _FLUSH:  # rides the same queue, so everything before it is written
-            self._events.flush()
-            for f in self._log_files.values():
-                f.flush()
+            self._flush_files()
             msg.set()
             return
         if topic == LOG_TOPIC:
@@ -368,6 +376,11 @@ class Collector:
             worker_name = display_name(worker_name)
         record = {"time": ts, "topic": topic, "worker": worker_name, "data": msg}
         self._write_event(record)
+
+    def _flush_files(self) -> None:
+        self._events.flush()
+        for f in self._log_files.values():
+            f.flush()
 
     def _worker_change(self, ts: float, msg: dict, name: str | None) -> None:
         name = display_name(name) if name is not None else None
@@ -397,6 +410,7 @@ class Collector:
         self.event_count += 1
         self.topics[record["topic"]] += 1
         if record["topic"] == LIFECYCLE_TOPIC:
+            self._events.flush()  # rare and the ones a watcher waits for
             logger.info("[%s] %s", self.run_id, _describe_lifecycle(record))
         if self.on_event is not None:
             try:

@@ -79,14 +79,33 @@ def terminate(procs: Iterable[psutil.Process], grace: float) -> list[int]:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
     return [p.pid for p in procs]
+
+
+def _gone(proc: psutil.Process) -> bool:
+    # a zombie has exited; only its parent (maybe not us) can collect it
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    psutil.wait_procs(procs, timeout=0)  # reaps those that are our own children
+    alive = [p for p in procs if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        psutil.wait_procs(alive, timeout=0)
+        alive = [p for p in alive if not _gone(p)]
+    return alive
 
 
 def process_tree(pids: Iterable[int]) -> list[psutil.Process]:
