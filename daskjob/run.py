@@ -411,10 +411,12 @@ class JobRun:
         from distributed.versions import error_message
         versions = self._client.get_versions(check=False)
         msg = error_message(versions["scheduler"], versions["workers"], versions["client"])
-        result = {"policy": policy, "ok": not msg["error"], "mismatch": msg["error"] or None}
-        if msg["error"]:
+        # distributed reports any mismatch of its checked packages as a "warning"
+        mismatch = (msg["error"] + "\n" + msg["warning"]).strip()
+        result = {"policy": policy, "ok": not mismatch, "mismatch": mismatch or None}
+        if mismatch:
             text = ("software on the workers does not match the driver "
-                    "(set version_check='warn' to run anyway):\n" + msg["error"])
+                    "(set version_check='warn' to run anyway):\n" + mismatch)
             if policy == "error":
                 raise StartupFailed(text)
             logger.warning(text)

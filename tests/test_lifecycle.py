@@ -291,3 +291,52 @@ def test_close_twice_is_harmless(records):
     run._emergency_teardown()
     rec, events = load(only_run(records))
     assert lifecycle(events).count("teardown done") == 1
+
+
+@pytest.fixture
+def mismatched_toolz(tmp_path):
+    """A preload that makes workers report toolz 0.0.1 (a stale image, a bad venv)."""
+    fake = tmp_path / "fake_site"
+    dist = fake / "toolz-0.0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toolz\nVersion: 0.0.1\n")
+    preload = tmp_path / "stale_env.py"
+    preload.write_text(f"import sys\nsys.path.insert(0, {str(fake)!r})\n")
+    return str(preload)
+
+
+def test_environment_check_fails_fast_with_the_table(records, mismatched_toolz):
+    with pytest.raises(StartupFailed) as info:
+        run_job(spec(records, "jobs:add_up", params={"n": 2},
+                     cluster={"preload": [mismatched_toolz]}))
+    message = str(info.value)
+    assert "toolz" in message and "0.0.1" in message and "version_check='warn'" in message
+    rec, events = check_failed_record(records, "startup_failed")
+    assert "payload started" not in lifecycle(events)
+
+
+def test_environment_check_warn_and_off(records, mismatched_toolz):
+    warned = run_job(spec(records, "jobs:add_up", params={"n": 2}, version_check="warn",
+                          cluster={"preload": [mismatched_toolz]}))
+    assert warned.value == 2
+    assert warned.record["environment_check"]["ok"] is False
+    assert "0.0.1" in warned.record["environment_check"]["mismatch"]
+    off = run_job(spec(records, "jobs:add_up", params={"n": 2}, version_check="off",
+                       cluster={"preload": [mismatched_toolz]}))
+    assert off.record["environment_check"] == {"policy": "off"}
+
+
+def test_worker_env_is_applied_and_dropped(records, monkeypatch):
+    monkeypatch.setenv("SECRET_DRIVER_ONLY", "do-not-leak")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
+
+    def payload(client):
+        return client.submit(lambda: {k: os.environ.get(k) for k in
+                                      ("MY_FLAG", "SECRET_DRIVER_ONLY",
+                                       "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")}).result()
+
+    result = run_job(spec(records, payload, cluster={"env": {"MY_FLAG": 1},
+                                                     "drop_env": ["SECRET_*"]}),
+                     drop_env=["AIRFLOW__*"])
+    assert result.value == {"MY_FLAG": "1", "SECRET_DRIVER_ONLY": None,
+                            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": None}
