@@ -166,6 +166,15 @@ def cmd_reap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from .datasets import write_drop
+    paths = write_drop(args.dest, args.date, args.rows, seed=args.seed,
+                       bad_fraction=args.bad_fraction)
+    out.print(f"wrote {args.rows} synthetic bank-marketing rows for {args.date} "
+              f"({len(paths)} file(s)) to {paths[0].rsplit('/', 1)[0]}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="daskjob", description="Run Dask jobs on ephemeral clusters.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -184,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--older-than", default="0s", help="only runs started at least this long ago (e.g. 1h)")
     k.add_argument("--dry-run", action="store_true", help="list, do not stop")
     k.set_defaults(fn=cmd_reap)
+    d = sub.add_parser("demo-data", help="write a day's synthetic bank-marketing CSV drop")
+    d.add_argument("--dest", required=True, help="folder or fsspec URL; files go to DEST/date=DATE/")
+    d.add_argument("--date", required=True, help="YYYY-MM-DD")
+    d.add_argument("--rows", type=int, required=True)
+    d.add_argument("--bad-fraction", type=float, default=0.02, help="share of malformed rows")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=cmd_demo_data)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="%H:%M:%S",
                         handlers=[RichHandler(console=console, show_path=False,

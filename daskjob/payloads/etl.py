@@ -1,0 +1,404 @@
+"""The nightly ETL step: one day's raw bank-marketing drop -> validated, typed Parquet.
+
+    run(source="data/raw", dest="data/warehouse", date="2026-11-20")
+
+Extract   one day's drop: `source` is a folder holding `date=YYYY-MM-DD/` (as written by
+          `daskjob demo-data`), or a glob/URL, optionally with `{date}` in it. CSV
+          (';'- or ','-separated, header row) or Parquet. Any fsspec URL.
+Validate  every row against SCHEMA (types, ranges, allowed values, required fields).
+          Failing rows go to `dest/_rejected/date=D/` with one reason per rule they
+          break, never into the output. More than `max_reject_ratio` rejected: the run
+          fails (after keeping the rejected rows for inspection).
+Transform typed columns, snake_case names, derived columns (age_band, call_minutes,
+          contacted_before, subscribed), and a daily aggregate table by job.
+Load      `dest/clients/date=D/` and `dest/daily_by_job/date=D/`, Parquet.
+
+Publishing is atomic and idempotent. Each table is written to a staging folder
+`dest/<table>/_staging-date=D-<token>/` (readers skip names starting with `_`) and only
+when every partition of every table is written, each staging folder replaces the
+published `date=D/` folder: on a local/POSIX filesystem by an atomic exchange of the two
+folders (renameat2 RENAME_EXCHANGE; two renames where that is missing), so a reader sees
+the old partition or the new one, never a mix and never a partial one. A rerun for the
+same date replaces the partition. A published partition holds `_SUCCESS` (a JSON
+manifest: rows, files, run time). On object stores, where there is no rename, the
+partition is replaced file by file and `_SUCCESS` is written last: readers there must
+treat a partition without `_SUCCESS` as not committed. A killed run leaves only staging
+folders, which the next run for that date removes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as dt
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.dataframe as dd
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import daskjob
+
+
+class RejectRatioExceeded(RuntimeError):
+    """Too many rows failed validation: nothing was published but the rejected rows."""
+
+
+# ------------------------------------------------------------------------------ schema
+@dataclass(frozen=True)
+class Column:
+    kind: str                         # "int" | "float" | "category"
+    output: str                       # name in the output table
+    required: bool = True
+    low: float | None = None
+    high: float | None = None
+    allowed: tuple[str, ...] = field(default_factory=tuple)
+
+
+_YNU = ("no", "yes", "unknown")
+SCHEMA: dict[str, Column] = {
+    "age": Column("int", "age", low=17, high=100),
+    "job": Column("category", "job", allowed=(
+        "admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired",
+        "self-employed", "services", "student", "technician", "unemployed", "unknown")),
+    "marital": Column("category", "marital", allowed=("divorced", "married", "single", "unknown")),
+    "education": Column("category", "education", allowed=(
+        "basic.4y", "basic.6y", "basic.9y", "high.school", "illiterate",
+        "professional.course", "university.degree", "unknown")),
+    "default": Column("category", "default", allowed=_YNU),
+    "housing": Column("category", "housing", allowed=_YNU),
+    "loan": Column("category", "loan", allowed=_YNU),
+    "contact": Column("category", "contact", allowed=("cellular", "telephone")),
+    "month": Column("category", "month", allowed=(
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    "day_of_week": Column("category", "day_of_week", allowed=("mon", "tue", "wed", "thu", "fri")),
+    "duration": Column("int", "duration_s", low=0, high=6000),
+    "campaign": Column("int", "campaign", low=1, high=100),
+    "pdays": Column("int", "pdays", low=0, high=999),
+    "previous": Column("int", "previous", low=0, high=100),
+    "poutcome": Column("category", "poutcome", allowed=("failure", "nonexistent", "success")),
+    "emp.var.rate": Column("float", "emp_var_rate", low=-5, high=5),
+    "cons.price.idx": Column("float", "cons_price_idx", low=80, high=110),
+    "cons.conf.idx": Column("float", "cons_conf_idx", low=-80, high=0),
+    "euribor3m": Column("float", "euribor3m", low=0, high=10),
+    "nr.employed": Column("float", "nr_employed", low=4000, high=6000),
+    "y": Column("category", "y", allowed=("no", "yes")),
+}
+
+OUTPUT_DTYPES: dict[str, str] = {
+    **{c.output: ("int32" if c.kind == "int" else "float64" if c.kind == "float" else "str")
+       for c in SCHEMA.values()},
+    "age_band": "str", "call_minutes": "float64", "contacted_before": "bool",
+    "subscribed": "bool",
+}
+# no `date` column in the files: it is the Hive partition (`date=D/`), which readers of
+# the whole table get from the path
+AGE_BANDS = [16, 24, 34, 44, 54, 64, 100]
+AGE_LABELS = ["17-24", "25-34", "35-44", "45-54", "55-64", "65+"]
+TABLES = ("clients", "daily_by_job", "_rejected")
+
+
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _to_number(s: pd.Series) -> pd.Series:
+    """Strings to float, NaN where not a number (pyarrow compute: ~10x pd.to_numeric)."""
+    arr = pa.array(s, type=pa.string(), from_pandas=True)
+    valid = pc.match_substring_regex(arr, _NUMBER)
+    parsed = pc.cast(pc.if_else(valid, arr, pa.scalar(None, pa.string())), pa.float64())
+    return pd.Series(parsed.to_numpy(zero_copy_only=False), index=s.index)
+
+
+def validate(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Split raw rows (all strings) into typed good rows and rejected rows with reasons.
+
+    Returns (good, rejected, rejected_by_rule). Every rejected row has a reason naming
+    each rule it breaks, e.g. "age: out of range 17..100 ('150'); y: missing".
+    """
+    missing_cols = [c for c in SCHEMA if c not in raw.columns]
+    if missing_cols:
+        raise ValueError(f"input lacks columns {missing_cols} (has {list(raw.columns)})")
+    reasons = pd.Series("", index=raw.index, dtype=object)
+    by_rule: dict[str, int] = {}
+    typed: dict[str, Any] = {}
+
+    def fail(mask: pd.Series, col: str, rule: str, text: str, values: pd.Series | None) -> None:
+        n = int(mask.sum())
+        if not n:
+            return
+        by_rule[f"{col}:{rule}"] = by_rule.get(f"{col}:{rule}", 0) + n
+        if values is None:
+            reasons[mask] = reasons[mask] + f"{col}: {text}; "
+        else:
+            reasons[mask] = reasons[mask] + f"{col}: {text} ('" + values[mask].astype(str) + "'); "
+
+    for col, rule in SCHEMA.items():
+        s = raw[col].astype(str).str.strip()
+        missing = s.eq("") | raw[col].isna()
+        if rule.required:
+            fail(missing, col, "missing", "missing", None)
+        if rule.kind == "category":
+            fail(~missing & ~s.isin(rule.allowed), col, "not_allowed",
+                 f"not one of {len(rule.allowed)} allowed values", s)
+            typed[rule.output] = s
+            continue
+        num = _to_number(s)
+        fail(~missing & num.isna(), col, "not_a_number", "not a number", s)
+        if rule.kind == "int":
+            fail(num.notna() & (num % 1 != 0), col, "not_an_integer", "not an integer", s)
+        out_of_range = num.notna() & ((num < rule.low) | (num > rule.high))
+        fail(out_of_range, col, "out_of_range", f"out of range {rule.low:g}..{rule.high:g}", s)
+        typed[rule.output] = num
+
+    ok = reasons.eq("")
+    good = pd.DataFrame({name: values[ok] for name, values in typed.items()})
+    for name, dtype in OUTPUT_DTYPES.items():
+        if name in good.columns:
+            good[name] = good[name].astype(dtype)
+    rejected = raw[~ok].astype(str).copy()
+    rejected["reason"] = reasons[~ok].str.rstrip("; ")
+    return good, rejected, by_rule
+
+
+def transform(good: pd.DataFrame) -> pd.DataFrame:
+    out = good.copy()
+    out["age_band"] = pd.cut(out["age"], AGE_BANDS, labels=AGE_LABELS).astype(str)
+    out["call_minutes"] = (out["duration_s"] / 60).round(2)
+    out["contacted_before"] = out["pdays"] != 999
+    out["subscribed"] = out["y"] == "yes"
+    return out[list(OUTPUT_DTYPES)].astype(OUTPUT_DTYPES)
+
+
+def partial_aggregate(clients: pd.DataFrame) -> pd.DataFrame:
+    g = clients.groupby("job", observed=True)
+    return pd.DataFrame({"clients": g.size(), "subscribed": g["subscribed"].sum(),
+                         "age_sum": g["age"].sum(), "minutes_sum": g["call_minutes"].sum()})
+
+
+def finish_aggregate(partials: pd.DataFrame) -> pd.DataFrame:
+    total = partials.groupby(level=0).sum()
+    out = pd.DataFrame({
+        "job": total.index.astype(str), "clients": total["clients"].astype("int64"),
+        "subscribed": total["subscribed"].astype("int64"),
+        "subscription_rate": (total["subscribed"] / total["clients"]).round(4),
+        "mean_age": (total["age_sum"] / total["clients"]).round(2),
+        "mean_call_minutes": (total["minutes_sum"] / total["clients"]).round(3),
+    }).reset_index(drop=True)
+    return out.sort_values("job").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------- on the workers
+def _write_parquet(fs, path: str, df: pd.DataFrame) -> int:
+    with fs.open(path, "wb") as f:
+        df.to_parquet(f, engine="pyarrow", index=False)
+    return int(fs.size(path))
+
+
+def process_partition(raw: pd.DataFrame, *, date: str, staging: dict[str, str],
+                      partition_info: dict | None = None) -> pd.DataFrame:
+    """Validate, transform and write one partition; report what happened as an event."""
+    number = partition_info["number"] if partition_info else 0
+    good, rejected, by_rule = validate(raw)
+    clients = transform(good)
+    fs, _ = fsspec.core.url_to_fs(staging["clients"])
+    written = _write_parquet(fs, f"{staging['clients']}/part-{number:05d}.parquet", clients)
+    if len(rejected):
+        written += _write_parquet(fs, f"{staging['_rejected']}/part-{number:05d}.parquet", rejected)
+    stats = {"partition": number, "rows_read": len(raw), "rows_rejected": len(rejected),
+             "rows_written": len(clients), "bytes_written": written,
+             "rejected_by_rule": by_rule}
+    daskjob.event("etl.partition", **stats)
+    agg = partial_aggregate(clients)
+    return pd.DataFrame({"stats": [json.dumps(stats)],
+                         "agg": [agg.reset_index().to_json(orient="records")]})
+
+
+# ----------------------------------------------------------------------------- driver
+def find_inputs(source: str, date: str) -> tuple[list[str], str, Any]:
+    """The day's input files and their format."""
+    pattern = source.replace("{date}", date)
+    fs, root = fsspec.core.url_to_fs(pattern)
+    if not any(ch in root for ch in "*?[") and fs.isdir(root):
+        day = f"{root.rstrip('/')}/date={date}"
+        root = f"{day}/*" if fs.isdir(day) else f"{root.rstrip('/')}/*"
+    files = sorted(p for p in fs.glob(root) if not os.path.basename(p).startswith(("_", ".")))
+    if not files:
+        raise FileNotFoundError(f"no input for {date}: nothing matches {pattern!r} "
+                                f"(looked for {root})")
+    kinds = {_kind(p) for p in files}
+    if len(kinds) != 1 or None in kinds:
+        raise ValueError(f"input for {date} must be all CSV or all Parquet, found {sorted(map(str, kinds))}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    urls = files if protocol in ("file", "local") else [f"{protocol}://{p}" for p in files]
+    return urls, kinds.pop(), fs
+
+
+def _kind(path: str) -> str | None:
+    name = path.lower()
+    if re.search(r"\.csv(\.gz|\.bz2|\.zst)?$", name):
+        return "csv"
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    return None
+
+
+def _sniff_sep(fs, path: str) -> str:
+    with fs.open(path, "rt", compression="infer") as f:
+        header = f.readline()
+    return ";" if header.count(";") > header.count(",") else ","
+
+
+def read_raw(urls: list[str], kind: str, fs, blocksize: str) -> dd.DataFrame:
+    if kind == "csv":
+        return dd.read_csv(urls, sep=_sniff_sep(fs, urls[0]), dtype=str, keep_default_na=False,
+                           blocksize=None if urls[0].endswith((".gz", ".bz2", ".zst")) else blocksize)
+    return dd.read_parquet(urls).astype(str)
+
+
+class Publisher:
+    """Staging folders per table, and the atomic swap into `date=D/`."""
+
+    def __init__(self, dest: str, date: str):
+        self.fs, self.root = fsspec.core.url_to_fs(dest)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        self.prefix = "" if self.local else f"{protocol}://"
+        self.date = date
+        self.token = uuid.uuid4().hex[:8]
+
+    def final(self, table: str) -> str:
+        return f"{self.root}/{table}/date={self.date}"
+
+    def staging(self, table: str) -> str:
+        return f"{self.root}/{table}/_staging-date={self.date}-{self.token}"
+
+    def prepare(self) -> dict[str, str]:
+        """Remove what killed runs left for this date; create fresh staging folders."""
+        out = {}
+        for table in TABLES:
+            parent = f"{self.root}/{table}"
+            self.fs.makedirs(parent, exist_ok=True)
+            for stale in self.fs.glob(f"{parent}/_staging-date={self.date}-*") + \
+                    self.fs.glob(f"{parent}/_old-date={self.date}-*"):
+                self.fs.rm(stale, recursive=True)
+            self.fs.makedirs(self.staging(table), exist_ok=True)
+            out[table] = self.prefix + self.staging(table)
+        return out
+
+    def publish(self, table: str, manifest: dict[str, Any]) -> str:
+        staging, final = self.staging(table), self.final(table)
+        files = sorted(os.path.basename(p) for p in self.fs.ls(staging, detail=False))
+        manifest = {**manifest, "table": table, "files": files}
+        with self.fs.open(f"{staging}/_SUCCESS", "w") as f:
+            json.dump(manifest, f, indent=2, default=str)
+        if self.local:
+            _swap_dirs(staging, final)
+            # after the exchange, the staging name holds the previous partition (if any)
+            if os.path.exists(staging):
+                self.fs.rm(staging, recursive=True)
+        else:
+            if self.fs.exists(final):
+                self.fs.rm(final, recursive=True)
+            for name in files:
+                self.fs.copy(f"{staging}/{name}", f"{final}/{name}")
+            self.fs.copy(f"{staging}/_SUCCESS", f"{final}/_SUCCESS")  # last: now committed
+            self.fs.rm(staging, recursive=True)
+        return self.prefix + final
+
+    def discard(self) -> None:
+        for table in TABLES:
+            if self.fs.exists(self.staging(table)):
+                self.fs.rm(self.staging(table), recursive=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _swap_dirs(new: str, final: str) -> None:
+    """Make `new` visible as `final` in one step; the old `final` ends up at `new`."""
+    if os.path.exists(final):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+        if renameat2 is not None:
+            if renameat2(_AT_FDCWD, new.encode(), _AT_FDCWD, final.encode(), _RENAME_EXCHANGE) == 0:
+                return
+        # no atomic exchange here: two renames, the gap is one syscall wide
+        old = f"{os.path.dirname(final)}/_old-{os.path.basename(final)}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+        os.rename(new, final)
+        os.rename(old, new)
+        return
+    os.rename(new, final)
+
+
+def run(source: str, dest: str, date: str, *, max_reject_ratio: float = 0.05,
+        blocksize: str = "32MB") -> dict[str, Any]:
+    """Run the ETL step for one day. Returns the summary (also emitted as `etl.summary`)."""
+    dt.date.fromisoformat(date)
+    if not 0 <= max_reject_ratio <= 1:
+        raise ValueError(f"max_reject_ratio must be within 0..1, got {max_reject_ratio}")
+    started = time.time()
+    urls, kind, fs = find_inputs(source, date)
+    publisher = Publisher(dest, date)
+    staging = publisher.prepare()
+    try:
+        raw = read_raw(urls, kind, fs, blocksize)
+        meta = pd.DataFrame({"stats": pd.Series(dtype=object), "agg": pd.Series(dtype=object)})
+        results = raw.map_partitions(process_partition, date=date, staging=staging,
+                                     meta=meta, enforce_metadata=False).compute()
+        stats = [json.loads(s) for s in results["stats"]]
+        partials = [pd.DataFrame(json.loads(a)) for a in results["agg"]]
+        partials = [p.set_index("job") for p in partials if len(p)]
+        summary = _summarise(stats, date, len(urls))
+        if summary["reject_ratio"] > max_reject_ratio:
+            tables = {"_rejected": publisher.publish("_rejected", _manifest(summary, started))}
+            raise RejectRatioExceeded(
+                f"{summary['rows_rejected']} of {summary['rows_read']} rows rejected "
+                f"({summary['reject_ratio']:.2%} > max_reject_ratio {max_reject_ratio:.2%}); "
+                f"nothing published but the rejected rows: {tables['_rejected']}; "
+                f"by rule: {summary['rejected_by_rule']}")
+        agg = finish_aggregate(pd.concat(partials) if partials else
+                               pd.DataFrame(columns=["clients", "subscribed", "age_sum", "minutes_sum"]))
+        agg_bytes = _write_parquet(publisher.fs, f"{publisher.staging('daily_by_job')}/part-00000.parquet", agg)
+        summary["bytes_written"] += agg_bytes
+        manifest = _manifest(summary, started)
+        summary["tables"] = {t: publisher.publish(t, manifest) for t in TABLES}
+    except BaseException:
+        publisher.discard()
+        raise
+    for table, path in summary["tables"].items():
+        daskjob.event("etl.committed", table=table, path=path, date=date)
+    daskjob.event("etl.summary", **{k: v for k, v in summary.items() if k != "tables"})
+    return summary
+
+
+def _summarise(stats: list[dict], date: str, files: int) -> dict[str, Any]:
+    by_rule: dict[str, int] = {}
+    for s in stats:
+        for rule, n in s["rejected_by_rule"].items():
+            by_rule[rule] = by_rule.get(rule, 0) + n
+    read = sum(s["rows_read"] for s in stats)
+    rejected = sum(s["rows_rejected"] for s in stats)
+    return {"date": date, "files": files, "partitions": len(stats), "rows_read": read,
+            "rows_rejected": rejected, "rows_written": sum(s["rows_written"] for s in stats),
+            "bytes_written": sum(s["bytes_written"] for s in stats),
+            "reject_ratio": round(rejected / read, 6) if read else 0.0,
+            "rejected_by_rule": dict(sorted(by_rule.items(), key=lambda kv: -kv[1]))}
+
+
+def _manifest(summary: dict[str, Any], started: float) -> dict[str, Any]:
+    return {"date": summary["date"], "rows_read": summary["rows_read"],
+            "rows_written": summary["rows_written"], "rows_rejected": summary["rows_rejected"],
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "run_seconds": round(time.time() - started, 3),
+            "run_id": os.environ.get("DASKJOB_RUN_ID", "")}
