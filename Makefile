@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,report
+EXTRAS  ?= test,report,tpot
 STAMP   := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 
 .PHONY: setup demo test bench clean
@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
+DATE    ?= $(shell date -u +%F)
+
+# the nightly pipeline for today, on the local default: a synthetic drop -> ETL -> TPOT
 demo: setup
-	$(BIN)/daskjob run examples/demo.yaml --param date=$$(date -u +%F)
+	$(BIN)/daskjob demo-data --dest data/raw --date $(DATE) --rows 200000
+	$(BIN)/daskjob run examples/nightly_etl.yaml --param date=$(DATE)
+	$(BIN)/daskjob show runs
+	$(BIN)/daskjob run examples/tpot_search.yaml --param output=models/$(DATE)
 	$(BIN)/daskjob show runs
 
 test: setup
@@ -30,4 +36,4 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs data models .pytest_cache

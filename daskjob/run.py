@@ -240,7 +240,7 @@ class JobRun:
             "phases": phases.data,
             "events": {"count": collector.event_count, "topics": dict(collector.topics)},
             "logs": {"lines": collector.log_line_count,
-                     "files": sorted(os.listdir(recdir.logs_dir))},
+                     "files": sorted(os.listdir(recdir.logs_dir)) if os.path.isdir(recdir.logs_dir) else []},
             "worker_deaths": collector.worker_deaths,
             "result": _summarise(value) if failure is None else None,
             "error": error,

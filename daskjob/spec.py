@@ -56,6 +56,20 @@ def format_validation_error(model: str, error: ValidationError, whole: str = "sp
     return "\n".join(lines)
 
 
+def _string_mapping(v: Any, key_pattern: re.Pattern, key_word: str, bad_key: str) -> dict[str, str]:
+    """{key: scalar} with valid keys; values become strings (env vars and labels are text)."""
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a mapping of {key_word}: value, got {type(v).__name__}")
+    out = {}
+    for k, val in v.items():
+        if not isinstance(k, str) or not key_pattern.fullmatch(k):
+            raise ValueError(f"{k!r} {bad_key}")
+        if isinstance(val, (dict, list)) or val is None:
+            raise ValueError(f"{k}: value must be a string or number, got {val!r}")
+        out[k] = str(val)
+    return out
+
+
 def _no_bool(v: Any) -> Any:
     # pydantic would turn True into 1 (one worker, one second, one byte): refuse it
     if isinstance(v, bool):
@@ -117,16 +131,7 @@ class ClusterSpec(_Strict):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, v):
-        if not isinstance(v, dict):
-            raise ValueError(f"must be a mapping of NAME: value, got {type(v).__name__}")
-        out = {}
-        for k, val in v.items():
-            if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name")
-            if isinstance(val, (dict, list)) or val is None:
-                raise ValueError(f"{k}: value must be a string or number, got {val!r}")
-            out[k] = str(val)
-        return out
+        return _string_mapping(v, _ENV_NAME, "NAME", "is not a valid environment variable name")
 
     @field_validator("backend")
     @classmethod
@@ -212,16 +217,8 @@ class JobSpec(_Strict):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, v):
-        if not isinstance(v, dict):
-            raise ValueError(f"must be a mapping of key: value, got {type(v).__name__}")
-        out = {}
-        for k, val in v.items():
-            if not isinstance(k, str) or not _LABEL_KEY.fullmatch(k):
-                raise ValueError(f"label key {k!r}: 1-63 letters, digits, '_', '.', '/', '-'")
-            if isinstance(val, (dict, list)) or val is None:
-                raise ValueError(f"label {k}: value must be a string or number, got {val!r}")
-            out[k] = str(val)
-        return out
+        return _string_mapping(v, _LABEL_KEY, "key",
+                               "is not a valid label key: 1-63 letters, digits, '_', '.', '/', '-'")
 
     @field_validator("params", mode="before")
     @classmethod
