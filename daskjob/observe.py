@@ -172,7 +172,8 @@ class WorkerObserver(WorkerPlugin):
 
     def __init__(self, run_id: str, *, drop_env: list[str], sys_path: list[str],
                  level: str = "INFO", forward_logs: bool = True, echo_streams: bool = False,
-                 own_workers: bool = True, stderr_dir: str | None = None):
+                 own_workers: bool = True, stderr_dir: str | None = None,
+                 modules: dict[str, tuple[str, str]] | None = None):
         self.run_id = run_id
         self.drop_env = list(drop_env)
         self.sys_path = list(sys_path)
@@ -181,8 +182,11 @@ class WorkerObserver(WorkerPlugin):
         self.echo_streams = echo_streams
         self.own_workers = own_workers
         self.stderr_dir = stderr_dir
+        self.modules = dict(modules or {})
 
     def setup(self, worker) -> None:
+        for name, (file, source) in self.modules.items():
+            _recreate_module(name, file, source)
         if self.stderr_dir and self.own_workers:
             # A worker that crashes prints its last words to fd 2 and may die before any
             # event leaves it; on a shared filesystem keep them in the record's logs/.
@@ -232,6 +236,21 @@ def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
     """Run on the scheduler: the firehose plugin's task counters."""
     p = dask_scheduler.plugins.get(plugin)
     return dict(p.progress) if p is not None else {"added": 0, "done": 0, "erred": 0}
+
+
+def _recreate_module(name: str, file: str, source: str) -> None:
+    """Make `import name` (and unpickling by reference) work on this worker."""
+    import types
+    if name in sys.modules:
+        return
+    module = types.ModuleType(name)
+    module.__file__ = file
+    sys.modules[name] = module
+    try:
+        exec(compile(source, file, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        logger.exception("daskjob: could not recreate the payload module %r from %s", name, file)
 
 
 def _emit_barrier(dask_worker=None, token: str = "") -> None:

@@ -101,10 +101,13 @@ class ResolvedPayload:
     fn: Callable[..., Any] | None = None
     script: str | None = None
     wants_client: bool = False
-    # folders workers must have on sys.path to import the payload's module
+    # folders workers must have on sys.path to import the payload's module by name
     worker_sys_path: list[str] = field(default_factory=list)
-    # modules to pickle by value when workers cannot share our filesystem
-    by_value_modules: list[str] = field(default_factory=list)
+    # the payload's module when it is not an installed package (None: nothing to ship)
+    module: str | None = None
+    # False when no folder makes the module importable by its name (e.g. a DAG file that
+    # Airflow loaded as "unusual_prefix_..."): it must be pickled by value, everywhere
+    importable_by_name: bool = True
 
 
 def resolve(payload: Any) -> ResolvedPayload:
@@ -119,9 +122,10 @@ def resolve(payload: Any) -> ResolvedPayload:
         wants_client = "client" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         wants_client = False
-    roots, by_value = _code_roots(fn)
+    module, roots = _code_roots(fn)
     return ResolvedPayload(kind="callable", label=label, fn=fn, wants_client=wants_client,
-                           worker_sys_path=roots, by_value_modules=by_value)
+                           worker_sys_path=roots, module=module,
+                           importable_by_name=bool(roots) or module is None)
 
 
 def _installed_dirs() -> list[str]:
@@ -130,7 +134,7 @@ def _installed_dirs() -> list[str]:
     return [os.path.realpath(d) for d in dirs if d]
 
 
-def _code_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
+def _code_roots(fn: Callable[..., Any]) -> tuple[str | None, list[str]]:
     """Where the payload's module lives, when workers could not import it by name.
 
     A module imported from a loose file (a DAG folder, a workflow file loaded by
@@ -139,15 +143,14 @@ def _code_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
     """
     module_name = getattr(fn, "__module__", None)
     if not module_name or module_name == "__main__":
-        return [], []  # cloudpickle already ships __main__ code by value
+        return None, []  # cloudpickle already ships __main__ code by value
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if not file:
-        return [], []
+        return None, []
     real = os.path.realpath(file)
     if any(real.startswith(d + os.sep) for d in _installed_dirs()):
-        return [], []
-    top = module_name.split(".")[0]
+        return None, []
     path = pathlib.Path(real)
     depth = len(module_name.split("."))
     if path.name == "__init__.py":
@@ -158,4 +161,14 @@ def _code_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
     # the root is right only if importing by name from it finds this same file
     candidate = root.joinpath(*module_name.split("."))
     matches = (candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists())
-    return ([str(root)] if matches else []), [top]
+    return module_name, ([str(root)] if matches else [])
+
+
+def module_source(name: str) -> dict[str, tuple[str, str]]:
+    """{module name: (file, source)} for a module to recreate on workers."""
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if not file or not file.endswith(".py") or not os.path.exists(file):
+        return {}
+    with open(file, encoding="utf-8") as f:
+        return {name: (file, f.read())}

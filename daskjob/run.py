@@ -37,7 +37,7 @@ from .backends import ClusterContext, get_backend
 from .errors import JobCancelled, JobFailed, JobTimedOut, SpecError, StartupFailed
 from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
                       _emit_barrier)
-from .payload import ResolvedPayload, resolve
+from .payload import ResolvedPayload, module_source, resolve
 from .procs import label_env, process_tree, stop_run_processes, terminate
 from .record import RecordDir, redact
 from .spec import JobSpec, describe_payload, load_yaml
@@ -350,14 +350,18 @@ class JobRun:
         client = self._client
         client.subscribe_topic(FIREHOSE_TOPIC, collector.on_firehose)
         client.register_plugin(FirehosePlugin(client.id, name=f"daskjob-firehose-{self.run_id}"))
-        if not self.backend.shares_filesystem:
-            import cloudpickle
-            for module_name in payload.by_value_modules:
-                with contextlib.suppress(Exception):
-                    cloudpickle.register_pickle_by_value(sys.modules[module_name])
+        # A module that workers cannot import by name (a DAG file Airflow loaded as
+        # "unusual_prefix_...", a loose file on a machine workers do not share) is
+        # recreated on each worker from its source. cloudpickle's pickle-by-value is not
+        # enough: distributed decides per top-level object, so a function from such a
+        # module inside a task is still pickled by reference.
+        ship = {}
+        if payload.module and (not payload.importable_by_name or not self.backend.shares_filesystem):
+            ship = module_source(payload.module)
         client.register_plugin(WorkerObserver(
             self.run_id, drop_env=ctx.drop_env,
             sys_path=payload.worker_sys_path if self.backend.shares_filesystem else [],
+            modules=ship,
             level=self.spec.worker_log_level, forward_logs=self.spec.forward_logs,
             echo_streams=not self.backend.shares_filesystem,
             own_workers=self.backend.owns_cluster,

@@ -340,3 +340,27 @@ def test_worker_env_is_applied_and_dropped(records, monkeypatch):
                      drop_env=["AIRFLOW__*"])
     assert result.value == {"MY_FLAG": "1", "SECRET_DRIVER_ONLY": None,
                             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": None}
+
+
+def test_payload_from_a_file_loaded_under_another_name(records, tmp_path):
+    """Airflow loads DAG files as `unusual_prefix_<hash>_<file>`: no folder makes that
+    name importable on workers, so the module must travel by value."""
+    import importlib.util
+    (tmp_path / "my_dag_file.py").write_text(textwrap.dedent("""
+        from distributed import get_client
+
+        def helper(x):
+            return x + 100
+
+        def payload():
+            return get_client().submit(helper, 1).result()
+    """))
+    spec_ = importlib.util.spec_from_file_location("unusual_prefix_1234_my_dag_file",
+                                                   tmp_path / "my_dag_file.py")
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[spec_.name] = module
+    spec_.loader.exec_module(module)
+    try:
+        assert run_job(spec(records, module.payload)).value == 101
+    finally:
+        del sys.modules[spec_.name]
