@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 EXTRAS  ?= test,report,tpot
 STAMP   := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 $(BIN)/python:
 	$(PY) -m pip install --quiet --disable-pip-version-check uv || true
@@ -31,6 +31,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
+
+# also the minutes-long tests (CI runs these too)
+test-slow: setup
+	DASKJOB_SLOW_TESTS=1 $(BIN)/python -m pytest -q -ra
 
 bench: setup
 	$(BIN)/python bench/overhead.py

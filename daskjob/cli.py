@@ -33,9 +33,10 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def _print_event(record: dict) -> None:
+    from .observe import is_dask_internal
     topic = record["topic"]
-    if topic == "daskjob.lifecycle":
-        return  # the daskjob logger reports these already
+    if is_dask_internal(topic):
+        return  # lifecycle: the daskjob logger reports it; distributed's own: noise
     data = record.get("data")
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in ("worker", "worker_name")}

@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 _ADDRESS_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 
 
+def is_dask_internal(topic: str) -> bool:
+    """Topics distributed logs for itself (kept in events.jsonl, not worth a log line)."""
+    return topic in ("all", "scheduler", "worker") or topic.startswith(("Client-", "daskjob."))
+
+
 def _jsonable(value: Any) -> Any:
     """Events must be msgpack-serialisable: keep JSON types, stringify the rest."""
     return json.loads(json.dumps(value, default=str))
@@ -189,9 +194,11 @@ class WorkerObserver(WorkerPlugin):
             _recreate_module(name, file, source)
         if self.stderr_dir and self.own_workers:
             # A worker that crashes prints its last words to fd 2 and may die before any
-            # event leaves it; on a shared filesystem keep them in the record's logs/.
-            path = os.path.join(self.stderr_dir, f"{display_name(worker.name)}.stderr.log")
+            # event leaves it; on a shared filesystem keep them in the record's logs/
+            # (and keep raw worker output out of the driver's own stdout/stderr).
+            path = os.path.join(self.stderr_dir, f"{display_name(worker.name)}.stdio.log")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
         if self.own_workers:
@@ -283,8 +290,11 @@ class FirehosePlugin(SchedulerPlugin):
             self.names[addr] = str(ws.name)
 
     def add_worker(self, scheduler, worker: str) -> None:
+        # the scheduler logs "add-worker" before the worker is registered, so the name is
+        # only known here: announce the join from this hook instead
         ws = scheduler.workers.get(worker)
         self.names[worker] = str(ws.name) if ws is not None else worker
+        self._send("all", {"action": "worker-joined", "worker": worker}, self.names[worker])
 
     def remove_client(self, scheduler, client: str) -> None:
         if client == self.client_id:
@@ -302,6 +312,11 @@ class FirehosePlugin(SchedulerPlugin):
             name = self.names.get(addr)
             if name is None and addr in self.scheduler.workers:
                 name = self.names[addr] = str(self.scheduler.workers[addr].name)
+        self._send(topic, msg, name)
+
+    def _send(self, topic: str, msg: Any, name: str | None) -> None:
+        if self.client_id is None or self.client_id not in self.scheduler.client_comms:
+            return
         wrapped = {"topic": topic, "msg": msg, "name": name}
         self.scheduler.send_all(
             {self.client_id: [{"op": "event", "topic": FIREHOSE_TOPIC,
@@ -386,7 +401,10 @@ class Collector:
                 self._barriers[msg.get("token", "")].add(msg.get("worker_name", ""))
                 self._barrier_cv.notify_all()
             return
-        if topic == "all" and isinstance(msg, dict) and msg.get("action") in ("add-worker", "remove-worker"):
+        if topic == "all" and isinstance(msg, dict) and msg.get("action") == "worker-joined":
+            self._worker_change(ts, msg, name)
+            return  # ours, not the scheduler's: only the lifecycle event is kept
+        if topic == "all" and isinstance(msg, dict) and msg.get("action") == "remove-worker":
             self._worker_change(ts, msg, name)
         worker_name = None
         if isinstance(msg, dict):
@@ -403,7 +421,7 @@ class Collector:
 
     def _worker_change(self, ts: float, msg: dict, name: str | None) -> None:
         name = display_name(name) if name is not None else None
-        if msg["action"] == "add-worker":
+        if msg["action"] == "worker-joined":
             self.live_workers.add(msg.get("worker"))
             what, data = "worker joined", {"worker": name, "address": msg.get("worker")}
         else:
@@ -479,7 +497,7 @@ class Collector:
         """Last lines workers wrote to their stderr files (crash tracebacks)."""
         out: list[str] = []
         for name in sorted(os.listdir(self.logs_dir)):
-            if name.endswith(".stderr.log"):
+            if name.endswith(".stdio.log"):
                 with open(os.path.join(self.logs_dir, name), errors="replace") as f:
                     lines = f.read().splitlines()[-n:]
                 if lines:

@@ -137,8 +137,14 @@ class JobRun:
                  on_event: Callable[[dict], Any] | None = None,
                  worker_env: Mapping[str, str] | None = None,
                  drop_env: list[str] | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None,
+                 passthrough: tuple[type[BaseException], ...] = ()):
+        """`passthrough`: exception types of the caller's own deadline (e.g. Airflow's
+        AirflowTaskTimeout, raised into this thread by execution_timeout). They tear the
+        run down, are recorded as `timed_out`, and are re-raised unchanged."""
         self.spec = JobSpec.parse(spec)
+        self.passthrough = tuple(passthrough)
+        self.last_record: dict[str, Any] | None = None
         self.on_event = on_event
         self.extra_worker_env = dict(worker_env or {})
         self.extra_drop_env = list(drop_env or [])
@@ -222,7 +228,7 @@ class JobRun:
                 except BaseException as e:  # noqa: BLE001 - classified and recorded below
                     failure = e
                     self._workers_hung = isinstance(e, StartupFailed)
-                    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    if isinstance(e, (KeyboardInterrupt, SystemExit, *self.passthrough)):
                         reraise = e
                 finally:
                     with phases.phase("snapshot"):
@@ -247,6 +253,7 @@ class JobRun:
         })
         recdir.write_json("record.json", record)
         recdir.publish()
+        self.last_record = record
         if reraise is not None:
             raise reraise
         if failure is not None:
@@ -629,6 +636,8 @@ class JobRun:
             return "succeeded", None
         if isinstance(failure, (_Cancelled, JobCancelled, KeyboardInterrupt)):
             status = "cancelled"
+        elif self.passthrough and isinstance(failure, self.passthrough):
+            status = "timed_out"
         elif isinstance(failure, JobFailed):
             status = failure.status
         elif isinstance(failure, SystemExit):

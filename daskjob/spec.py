@@ -11,8 +11,8 @@ import re
 from typing import Any, Callable, ClassVar, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator, model_validator)
 
 from . import config
 from .durations import nbytes, seconds
@@ -95,6 +95,9 @@ class ClusterSpec(_Strict):
         default_factory=lambda: _default("cluster.worker-death-timeout"))
     preload: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    # credentials for the backend (a gateway password, a TLS key): never logged, never
+    # written to the record (they dump as "***")
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
 
     @field_validator("n_workers", "threads_per_worker", "memory_per_worker",
                      "worker_death_timeout", mode="before")

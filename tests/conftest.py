@@ -18,6 +18,18 @@ if REPO not in sys.path:
 from daskjob.procs import labelled_processes  # noqa: E402
 
 LEAK_WAIT = 10.0  # seconds a test's processes get to disappear
+RUN_SLOW = os.environ.get("DASKJOB_SLOW_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    # minutes-long tests (input several times the cluster's memory) run in CI, where
+    # .ci/run sets DASKJOB_SLOW_TESTS=1, and on demand locally: `make test-slow`
+    if RUN_SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow: set DASKJOB_SLOW_TESTS=1 (CI does) or run `make test-slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def _is_helper(proc: psutil.Process) -> bool:

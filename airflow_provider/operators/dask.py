@@ -1,0 +1,183 @@
+"""DaskOperator: run a payload on an ephemeral Dask cluster for the length of one task.
+
+    DaskOperator(
+        task_id="etl",
+        payload="daskjob.payloads.etl:run",        # callable, "module:function" or script.py
+        op_kwargs={"source": "data/raw", "dest": "data/warehouse", "date": "{{ ds }}"},
+        cluster={"n_workers": 2, "memory_per_worker": "2GiB"},   # or dask_conn_id="dask_default"
+        job_timeout="30m",
+    )
+
+The operator owns the lifecycle for the task: the daskjob run is created and torn down
+inside `execute`, `on_kill` cancels it (Airflow's task runner calls `on_kill` on SIGTERM
+and then lets `execute` carry on, so cancelling is what makes `execute` end), and an
+`execution_timeout` unwinds through the same teardown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Sequence
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec, SpecError
+from daskjob.observe import is_dask_internal
+
+from ..links import RECORD_XCOM_KEY, DaskDashboardLink, DaskRunRecordLink
+
+# Variables of the Airflow task process that must not reach Dask workers: the task
+# runner sets AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///, and a
+# worker that imports airflow (to unpickle a payload defined in a DAG file) dies on it.
+WORKER_DROP_ENV = ["AIRFLOW__*", "AIRFLOW_CTX_*", "_AIRFLOW_*", "SUPERVISOR_COMMS*"]
+
+
+class DaskJobFailed(AirflowException):
+    """The Dask job failed; the message carries the worker traceback and last log lines."""
+
+    def __init__(self, message: str, record: dict | None = None):
+        super().__init__(message)
+        self.record = record or {}
+
+
+class DaskOperator(BaseOperator):
+    template_fields: Sequence[str] = ("payload", "op_kwargs", "record_dir")
+    template_fields_renderers = {"op_kwargs": "py"}
+    ui_color = "#fdb863"
+    operator_extra_links = (DaskDashboardLink(), DaskRunRecordLink())
+
+    def __init__(self, *, payload: str | Callable[..., Any] | None = None,
+                 op_kwargs: dict[str, Any] | None = None,
+                 cluster: ClusterSpec | dict[str, Any] | None = None,
+                 dask_conn_id: str | None = None,
+                 job_timeout: str | float | None = None,
+                 startup_timeout: str | float | None = None,
+                 record_dir: str | None = None,
+                 job_labels: dict[str, str] | None = None,
+                 version_check: str | None = None,
+                 performance_report: bool | str | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if cluster is not None and dask_conn_id is not None:
+            raise ValueError("give either `cluster` or `dask_conn_id`, not both")
+        self.payload = payload
+        self.op_kwargs = dict(op_kwargs or {})
+        self.cluster = cluster.model_dump() if isinstance(cluster, ClusterSpec) else cluster
+        if self.cluster is not None:
+            ClusterSpec.parse(self.cluster)  # fail at DAG parse time, not at 2 a.m.
+        self.dask_conn_id = dask_conn_id
+        self.job_timeout = job_timeout
+        self.startup_timeout = startup_timeout
+        self.record_dir = record_dir
+        self.job_labels = dict(job_labels or {})
+        self.version_check = version_check
+        self.performance_report = performance_report
+        self._run: JobRun | None = None
+
+    # ----------------------------------------------------------------------- spec
+    def cluster_spec(self) -> ClusterSpec:
+        if self.cluster is not None:
+            return ClusterSpec.parse(self.cluster)
+        if self.dask_conn_id is not None:
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            from ..hooks.dask import DaskHook
+            try:
+                return DaskHook(self.dask_conn_id).get_cluster_spec()
+            except AirflowNotFoundException:
+                if self.dask_conn_id != DaskHook.default_conn_name:
+                    raise
+                # no `dask_default` defined: the daskjob defaults (a local cluster)
+                self.log.info("no %s connection: using the daskjob defaults", self.dask_conn_id)
+        return ClusterSpec()
+
+    def job_spec(self, context) -> JobSpec:
+        ti = context["ti"]
+        labels = {
+            "airflow/dag_id": ti.dag_id, "airflow/task_id": ti.task_id,
+            "airflow/run_id": ti.run_id, "airflow/try_number": ti.try_number,
+            "airflow/map_index": ti.map_index, **self.job_labels,
+        }
+        fields: dict[str, Any] = {
+            "name": _job_name(ti.dag_id, ti.task_id), "payload": self.payload,
+            "params": self.payload_kwargs(), "cluster": self.cluster_spec(), "labels": labels,
+        }
+        for key, value in (("timeout", self.job_timeout), ("startup_timeout", self.startup_timeout),
+                           ("record_dir", self.record_dir), ("version_check", self.version_check),
+                           ("performance_report", self.performance_report)):
+            if value is not None:
+                fields[key] = value
+        return JobSpec.parse(fields)
+
+    def payload_kwargs(self) -> dict[str, Any]:
+        return dict(self.op_kwargs)
+
+    # -------------------------------------------------------------------- execute
+    def execute(self, context) -> Any:
+        try:
+            spec = self.job_spec(context)
+        except SpecError as e:
+            raise DaskJobFailed(f"invalid Dask job: {e}") from None
+        run = JobRun(spec, on_event=self._log_event, drop_env=WORKER_DROP_ENV,
+                     passthrough=(_task_timeout_class(),))
+        self._run = run
+        self.log.info("daskjob run %s: backend %s, %d workers, record in %s",
+                      run.run_id, spec.cluster.backend, spec.cluster.n_workers, spec.record_dir)
+        try:
+            result = run.run()
+        except JobFailed as e:
+            self._push_record(context, e.record)
+            self._log_summary(e.record)
+            raise DaskJobFailed(str(e), record=e.record) from None
+        except BaseException:
+            self._push_record(context, getattr(run, "last_record", None) or {})
+            raise
+        finally:
+            self._run = None
+        self._push_record(context, result.record)
+        self._log_summary(result.record)
+        return result.value
+
+    def on_kill(self) -> None:
+        # never creates a client: only flags the run, whose own thread tears it down
+        run = self._run
+        if run is not None:
+            self.log.warning("task killed: cancelling daskjob run %s", run.run_id)
+            run.cancel("Airflow task killed (on_kill)")
+
+    # -------------------------------------------------------------------- output
+    def _log_event(self, record: dict) -> None:
+        if is_dask_internal(record["topic"]):
+            return  # lifecycle: the daskjob logger reports it; distributed's own: noise
+        self.log.info("dask event %s [%s] %s", record["topic"], record.get("worker") or "",
+                      record.get("data"))
+
+    def _push_record(self, context, record: dict) -> None:
+        if not record:
+            return
+        summary = {k: record.get(k) for k in (
+            "run_id", "status", "record_path", "dashboard_link", "duration_s", "phases",
+            "workers", "teardown")}
+        summary["events"] = (record.get("events") or {}).get("count")
+        summary["error"] = (record.get("error") or {}).get("message")
+        context["ti"].xcom_push(key=RECORD_XCOM_KEY, value=summary)
+
+    def _log_summary(self, record: dict) -> None:
+        if not record:
+            return
+        phases = ", ".join(f"{k} {v['seconds']}s" for k, v in (record.get("phases") or {}).items())
+        self.log.info("daskjob run %s %s in %ss | phases: %s | workers: %s | events: %s | "
+                      "record: %s", record.get("run_id"), record.get("status"),
+                      record.get("duration_s"), phases, record.get("workers"),
+                      (record.get("events") or {}).get("count"), record.get("record_path"))
+
+
+def _job_name(dag_id: str, task_id: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dag_id}.{task_id}").strip("-.") or "airflow-task"
+    return name[:63]
+
+
+def _task_timeout_class() -> type[BaseException]:
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    return AirflowTaskTimeout
