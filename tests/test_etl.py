@@ -189,7 +189,7 @@ def test_killed_mid_write_never_exposes_a_partial_partition(tmp_path, records, f
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_input_four_times_worker_memory_finishes_without_a_killed_worker(tmp_path, records):
-    memory = 448 * 2**20
+    memory = 384 * 2**20
     raw_dir, dest = tmp_path / "raw", tmp_path / "wh"
     day = raw_dir / f"date={DATE}"
     first = write_drop(str(raw_dir), DATE, 250_000, seed=9)[0]
@@ -199,7 +199,7 @@ def test_input_four_times_worker_memory_finishes_without_a_killed_worker(tmp_pat
         shutil.copyfile(first, day / f"bank-{DATE}-{i:03d}.csv")
     total = sum(os.path.getsize(p) for p in day.iterdir())
     assert total >= 4 * memory
-    result = run_job(etl_spec(records, raw_dir, dest, blocksize="2MB",
+    result = run_job(etl_spec(records, raw_dir, dest, blocksize="4MB",
                               cluster={"n_workers": 1, "memory_per_worker": memory}))
     assert result.value["rows_read"] == 250_000 * copies
     assert result.record["worker_deaths"] == []
