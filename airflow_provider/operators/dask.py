@@ -16,6 +16,8 @@ and then lets `execute` carry on, so cancelling is what makes `execute` end), an
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from typing import Any, Callable, Sequence
 
@@ -122,6 +124,10 @@ class DaskOperator(BaseOperator):
         run = JobRun(spec, on_event=self._log_event, drop_env=WORKER_DROP_ENV,
                      passthrough=(_task_timeout_class(),))
         self._run = run
+        with _daskjob_logs_to(self.log):
+            return self._execute_run(run, spec, context)
+
+    def _execute_run(self, run: JobRun, spec: JobSpec, context) -> Any:
         self.log.info("daskjob run %s: backend %s, %d workers, record in %s",
                       run.run_id, spec.cluster.backend, spec.cluster.n_workers, spec.record_dir)
         try:
@@ -171,6 +177,33 @@ class DaskOperator(BaseOperator):
                       "record: %s", record.get("run_id"), record.get("status"),
                       record.get("duration_s"), phases, record.get("workers"),
                       (record.get("events") or {}).get("count"), record.get("record_path"))
+
+
+class _ToTaskLog(logging.Handler):
+    def __init__(self, task_log: logging.Logger):
+        super().__init__(logging.INFO)
+        self.task_log = task_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.task_log.log(record.levelno, "%s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _daskjob_logs_to(task_log: logging.Logger):
+    """Worker log lines and lifecycle lines (the `daskjob` loggers) into the task log,
+    live, whatever level the root logger of this process has."""
+    source = logging.getLogger("daskjob")
+    handler = _ToTaskLog(task_log)
+    old_level, old_propagate = source.level, source.propagate
+    source.addHandler(handler)
+    source.setLevel(logging.INFO)
+    source.propagate = False
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(old_level)
+        source.propagate = old_propagate
 
 
 def _job_name(dag_id: str, task_id: str) -> str:

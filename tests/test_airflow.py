@@ -1,0 +1,195 @@
+"""The Airflow provider under real Airflow (dag.test() on SQLite in a private AIRFLOW_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import REPO
+
+# Airflow reads its home and config when first imported: set them before that happens
+AIRFLOW_HOME = tempfile.mkdtemp(prefix="daskjob-airflow-")
+DATA = os.path.join(AIRFLOW_HOME, "data")
+RECORDS = os.path.join(AIRFLOW_HOME, "runs")
+DAGS = os.path.join(REPO, "dags")
+FAULT_DAGS = os.path.join(REPO, "tests", "airflow_dags")
+_LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+ENV = {
+    # the examples, plus the fault-test DAGs as a second bundle (dag.test() needs both
+    # serialized, which it does for configured bundles)
+    "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+        {"name": "dags-folder", "classpath": _LOCAL_BUNDLE, "kwargs": {}},
+        {"name": "fault-dags", "classpath": _LOCAL_BUNDLE, "kwargs": {"path": FAULT_DAGS}}]),
+    "AIRFLOW_HOME": AIRFLOW_HOME, "AIRFLOW__CORE__DAGS_FOLDER": DAGS,
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "DASKJOB_DATA_DIR": DATA, "DASKJOB_RECORD_DIR": RECORDS, "DASKJOB_DEMO_ROWS": "20000",
+}
+os.environ.update(ENV)
+for folder in (DAGS, os.path.join(REPO, "tests")):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # Airflow puts the DAGs folder on sys.path; so do we
+pytest.importorskip("airflow")
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def airflow_db():
+    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env={**os.environ, **ENV},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def dagbag():
+    from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=DAGS)
+
+
+def records_of(dag_id: str, task_id: str) -> list[dict]:
+    out = []
+    for run in sorted(os.listdir(RECORDS)) if os.path.isdir(RECORDS) else []:
+        if run.startswith(f"{dag_id}.{task_id}-"):
+            with open(os.path.join(RECORDS, run, "record.json")) as f:
+                out.append(json.load(f))
+    return out
+
+
+def xcoms(dag_id: str, run_id: str) -> dict[tuple[str, str], object]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    with create_session() as session:
+        rows = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id,
+                                                       XComModel.run_id == run_id)).all()
+        return {(r.task_id, r.key): XComModel.deserialize_value(r) for r in rows}
+
+
+# ----------------------------------------------------------------------- provider
+def test_provider_info_is_valid_and_registered():
+    import jsonschema
+    from airflow.providers_manager import ProvidersManager
+
+    from airflow_provider import get_provider_info
+    with open(os.path.join(os.path.dirname(__import__("airflow").__file__),
+                           "provider_info.schema.json")) as f:
+        jsonschema.validate(get_provider_info(), json.load(f))
+    pm = ProvidersManager()
+    assert "daskjob" in pm.providers
+    assert "dask" in pm.hooks
+    assert "airflow_provider.links.DaskDashboardLink" in pm.extra_links_class_names
+    assert "airflow_provider.links.DaskRunRecordLink" in pm.extra_links_class_names
+    from airflow.sdk import task
+    from airflow_provider.decorators.dask import dask_task
+    assert task.dask is dask_task
+
+
+def test_airflow_providers_list_shows_it():
+    proc = subprocess.run([sys.executable, "-m", "airflow", "providers", "list"],
+                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "daskjob" in proc.stdout
+
+
+def test_connection_to_cluster_spec():
+    from airflow_provider.hooks.dask import DaskHook, cluster_spec_from_connection
+    borrowed = cluster_spec_from_connection("sched.example", 8786, "", None)
+    assert borrowed.backend == "address" and borrowed.address == "tcp://sched.example:8786"
+    local = cluster_spec_from_connection(None, None, json.dumps({"n_workers": 3}), "s3cret")
+    assert local.backend == "local" and local.n_workers == 3
+    assert local.secrets["password"].get_secret_value() == "s3cret"
+    with pytest.raises(ValueError, match="n_workers"):
+        cluster_spec_from_connection(None, None, json.dumps({"n_workers": -1}), None, conn_id="bad")
+    ui = DaskHook.get_ui_field_behaviour()
+    assert "login" in ui["hidden_fields"] and "password" in ui["relabeling"]
+
+
+def test_example_dags_import_with_schedules():
+    bag = dagbag()
+    assert bag.import_errors == {}
+    files = {f for f in os.listdir(DAGS) if f.endswith(".py") and not f.startswith("_")}
+    assert {os.path.basename(d.fileloc) for d in bag.dags.values()} == files
+    for dag_id in ("nightly_etl", "tpot_search", "taskflow_dask"):
+        dag = bag.get_dag(dag_id)
+        assert dag.schedule == "0 2 * * *"
+        assert dag.catchup is False and dag.max_active_runs == 1
+        assert dag.default_args["retries"] == 2
+
+
+# ---------------------------------------------------------------------- dag.test()
+def test_taskflow_dag_runs_with_payload_defined_in_the_dag_file(capfd):
+    dag = dagbag().get_dag("taskflow_dask")
+    dr = dag.test(logical_date=__import__("pendulum").datetime(2026, 11, 20, tz="UTC"))
+    assert dr.state == "success"
+    out = capfd.readouterr().out
+    assert "taskflow.worker: scoring" in out and "[worker-" in out  # a worker's user log line
+    assert "dask event taskflow.total" in out                         # a worker event
+    values = xcoms("taskflow_dask", dr.run_id)
+    assert values[("sum_of_squares", "return_value")]["total"] == sum(i * i for i in range(100))
+    assert values[("report", "return_value")] == 328350
+    summary = values[("sum_of_squares", "daskjob_record")]
+    assert summary["status"] == "succeeded"
+    rec = records_of("taskflow_dask", "sum_of_squares")[-1]
+    assert rec["labels"]["airflow/dag_id"] == "taskflow_dask"
+    assert rec["labels"]["airflow/run_id"] == dr.run_id
+    assert rec["labels"]["airflow/try_number"] == "1"
+
+
+def test_nightly_etl_dag_writes_the_partition(capfd):
+    dag = dagbag().get_dag("nightly_etl")
+    dr = dag.test(logical_date=__import__("pendulum").datetime(2026, 11, 20, tz="UTC"))
+    assert dr.state == "success"
+    summary = xcoms("nightly_etl", dr.run_id)[("etl", "return_value")]
+    assert summary["date"] == "2026-11-20" and summary["rows_read"] == 20000
+    assert summary["rows_written"] == 20000 - summary["rows_rejected"]
+    assert os.path.exists(os.path.join(DATA, "warehouse", "clients", "date=2026-11-20", "_SUCCESS"))
+    assert "dask event etl.partition" in capfd.readouterr().out
+
+
+def fault_dag(dag_id: str):
+    from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=FAULT_DAGS).get_dag(dag_id)
+
+
+def test_failing_payload_fails_the_task_with_the_worker_traceback(capfd):
+    dr = fault_dag("dask_fails").test()
+    assert dr.state == "failed"
+    out = capfd.readouterr().out
+    assert "boom-from-worker 7" in out and "_boom" in out
+    assert "DaskJobFailed" in out
+    assert records_of("dask_fails", "job")[-1]["status"] == "failed"
+
+
+def test_execution_timeout_tears_the_cluster_down():
+    import time
+    t = time.monotonic()
+    dr = fault_dag("dask_times_out").test()
+    assert dr.state == "failed"
+    assert time.monotonic() - t < 60
+    rec = records_of("dask_times_out", "job")[-1]
+    assert rec["status"] == "timed_out"
+    assert rec["teardown"]["cluster"] == "closed"
+
+
+def test_connection_secret_appears_nowhere(capfd):
+    secret = "pa55-never-shown-8812"
+    os.environ["AIRFLOW_CONN_DASK_SECRET"] = json.dumps(
+        {"conn_type": "dask", "password": secret, "extra": {"n_workers": 1}})
+    try:
+        dr = fault_dag("dask_secret").test()
+    finally:
+        del os.environ["AIRFLOW_CONN_DASK_SECRET"]
+    assert dr.state == "success"
+    assert secret not in capfd.readouterr().out
+    rec = records_of("dask_secret", "job")[-1]
+    run_dir = rec["record_path"]
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            with open(os.path.join(root, name), errors="replace") as f:
+                assert secret not in f.read(), name
+    assert secret not in repr(xcoms("dask_secret", dr.run_id))
+    assert rec["spec"]["cluster"]["secrets"] == "***"
