@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,report,tpot
+EXTRAS  ?= test,report,tpot,airflow
 STAMP   := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 
 .PHONY: setup demo test test-slow bench clean
@@ -28,6 +28,14 @@ demo: setup
 	$(BIN)/daskjob show runs
 	$(BIN)/daskjob run examples/tpot_search.yaml --param output=models/$(DATE)
 	$(BIN)/daskjob show runs
+	# the same ETL as an Airflow DAG, through `airflow dags test` on SQLite in .airflow/
+	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False $(BIN)/airflow db migrate > /dev/null
+	AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False $(BIN)/airflow dags test nightly_etl $(DATE) \
+	  > .airflow/dags-test.log 2>&1 || (tail -40 .airflow/dags-test.log; exit 1)
+	grep -E "daskjob run .* (succeeded|failed)|Marking run" .airflow/dags-test.log
+	$(BIN)/daskjob show runs
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
@@ -40,4 +48,4 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 
 clean:
-	rm -rf runs data models .pytest_cache
+	rm -rf runs data models .airflow .pytest_cache
