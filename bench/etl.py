@@ -39,8 +39,10 @@ def plain_dask(files: list[str], out: str, blocksize: str) -> None:
     def rejects(df):
         return etl.validate(df)[1]
 
-    clients = raw.map_partitions(clean, meta=etl.transform(etl.validate(raw._meta)[0]))
-    rejected = raw.map_partitions(rejects)
+    clients_meta = pd.DataFrame({c: pd.Series(dtype=t) for c, t in etl.OUTPUT_DTYPES.items()})
+    rejected_meta = pd.DataFrame({c: pd.Series(dtype="str") for c in [*raw.columns, "reason"]})
+    clients = raw.map_partitions(clean, meta=clients_meta)
+    rejected = raw.map_partitions(rejects, meta=rejected_meta)
     agg = clients.groupby("job").agg(clients=("age", "size"), subscribed=("subscribed", "sum"))
     dask.compute(clients.to_parquet(f"{out}/clients", compute=False, write_index=False),
                  rejected.to_parquet(f"{out}/rejected", compute=False, write_index=False),
@@ -61,9 +63,9 @@ def pandas_one_process(files: list[str], out: str) -> None:
     etl.finish_aggregate(pd.concat(partials))
 
 
-def timed(fn, *args) -> float:
+def timed(fn, *args, **kwargs) -> float:
     t = time.perf_counter()
-    fn(*args)
+    fn(*args, **kwargs)
     return time.perf_counter() - t
 
 
