@@ -27,6 +27,8 @@ ENV = {
         {"name": "fault-dags", "classpath": _LOCAL_BUNDLE, "kwargs": {"path": FAULT_DAGS}}]),
     "AIRFLOW_HOME": AIRFLOW_HOME, "AIRFLOW__CORE__DAGS_FOLDER": DAGS,
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    # shared by the api-server the executor test starts and the task processes
+    "AIRFLOW__API_AUTH__JWT_SECRET": "daskjob-tests-only",
     "DASKJOB_DATA_DIR": DATA, "DASKJOB_RECORD_DIR": RECORDS, "DASKJOB_DEMO_ROWS": "20000",
 }
 os.environ.update(ENV)
@@ -193,3 +195,56 @@ def test_connection_secret_appears_nowhere(capfd):
                 assert secret not in f.read(), name
     assert secret not in repr(xcoms("dask_secret", dr.run_id))
     assert rec["spec"]["cluster"]["secrets"] == "***"
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def execution_api(monkeypatch):
+    """A real Airflow api-server (execution API only) on loopback, for LocalExecutor."""
+    import time
+    import urllib.request
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--apps", "execution",
+                               "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+                              env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/execution/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("the execution API server did not come up")
+                time.sleep(1)
+        monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+        monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", url)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
+    """LocalExecutor: each task runs in Airflow's supervised task process, whose environment
+    (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///) must not reach workers."""
+    import time
+    dag = dagbag().get_dag("taskflow_dask")
+    t = time.monotonic()
+    dr = dag.test(use_executor=True,
+                  logical_date=__import__("pendulum").datetime(2026, 11, 21, tz="UTC"))
+    assert dr.state == "success", f"dag run {dr.state} after {time.monotonic() - t:.0f}s"
+    values = xcoms("taskflow_dask", dr.run_id)
+    assert values[("report", "return_value")] == 328350
+    rec = [r for r in records_of("taskflow_dask", "sum_of_squares")
+           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
+    assert rec["status"] == "succeeded"
+    assert rec["driver"]["pid"] != os.getpid()  # really ran in another (supervised) process

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import inspect
 import logging
+import os
+import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +20,52 @@ if TYPE_CHECKING:
     from ..spec import ClusterSpec
 
 
+class _ScrubbedEnviron:
+    """Remove variables from os.environ while worker processes are spawned.
+
+    A spawned worker inherits the environment at exec time and, before any worker code
+    runs, re-imports the parent's __main__ module. Under Airflow's task runner that
+    imports airflow with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///
+    and the worker dies at once, so dropping the variable later (in the worker) is too
+    late. Nested and concurrent starts share one scrub (reference counted).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def scrubbed(self, patterns: list[str]):
+        if not patterns:
+            yield
+            return
+        with self._lock:
+            self._depth += 1
+            for name in list(os.environ):
+                if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                    self._saved.setdefault(name, os.environ.pop(name))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    os.environ.update(self._saved)
+                    self._saved.clear()
+
+
+_SPAWN_ENV = _ScrubbedEnviron()
+
+
 class RecordingNanny(Nanny):
-    """A Nanny that keeps the reason its worker process failed to start, and that is
-    findable while it starts (SpecCluster lists workers only once they have started)."""
+    """A Nanny that keeps the reason its worker process failed to start, that is
+    findable while it starts (SpecCluster lists workers only once they have started),
+    and that spawns its worker without the variables the run drops."""
 
     startup_error: str | None = None
     instances: list["RecordingNanny"] = []  # replaced by a fresh list per cluster
+    drop_env: list[str] = []                # likewise
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,10 +73,16 @@ class RecordingNanny(Nanny):
 
     async def start_unsafe(self):
         try:
-            return await super().start_unsafe()
+            with _SPAWN_ENV.scrubbed(self.drop_env):
+                return await super().start_unsafe()
         except BaseException as e:
             self.startup_error = "".join(traceback.format_exception(e)).rstrip()
             raise
+
+    async def instantiate(self):
+        # also when the nanny restarts a worker that died mid-run
+        with _SPAWN_ENV.scrubbed(self.drop_env):
+            return await super().instantiate()
 
 
 def _accepted_kwargs() -> set[str]:
@@ -62,7 +112,8 @@ class LocalBackend(Backend):
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
         # Workers start through scale() so that a worker that never arrives cannot block
         # here: the caller watches the startup deadline and can always close the cluster.
-        nanny_class = type("RecordingNanny", (RecordingNanny,), {"instances": []})
+        nanny_class = type("RecordingNanny", (RecordingNanny,),
+                           {"instances": [], "drop_env": list(ctx.drop_env)})
         cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=spec.threads_per_worker,
