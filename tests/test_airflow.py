@@ -204,8 +204,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def execution_api(monkeypatch):
+@pytest.fixture(scope="module")
+def _execution_api_server():
     """A real Airflow api-server (execution API only) on loopback, for LocalExecutor."""
     import time
     import urllib.request
@@ -225,12 +225,17 @@ def execution_api(monkeypatch):
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise AssertionError("the execution API server did not come up")
                 time.sleep(1)
-        monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-        monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", url)
         yield url
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
+
+
+@pytest.fixture
+def execution_api(_execution_api_server, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", _execution_api_server)
+    return _execution_api_server
 
 
 def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
@@ -248,3 +253,15 @@ def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
            if r["labels"]["airflow/run_id"] == dr.run_id][-1]
     assert rec["status"] == "succeeded"
     assert rec["driver"]["pid"] != os.getpid()  # really ran in another (supervised) process
+
+
+def test_six_dask_tasks_at_once(execution_api, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "6")
+    dr = fault_dag("dask_six_at_once").test(use_executor=True)
+    assert dr.state == "success"
+    recs = [r for r in (records_of("dask_six_at_once", f"job_{i}")[-1] for i in range(6))]
+    assert [r["result"]["value"] for r in recs] == [sum(2 * x for x in range(10 + i)) for i in range(6)]
+    assert len({r["scheduler_address"] for r in recs}) == 6
+    # they really overlapped: some run started before another one ended
+    spans = sorted((r["started_at"], r["ended_at"]) for r in recs)
+    assert any(spans[i + 1][0] < spans[i][1] for i in range(5))

@@ -32,3 +32,10 @@ with _dag("dask_secret"):
     # the cluster (and a password) come from the connection, not from the operator
     DaskOperator(task_id="job", payload="jobs:add_up", op_kwargs={"n": 3},
                  dask_conn_id="dask_secret", record_dir=RECORDS, retries=0)
+
+with _dag("dask_six_at_once"):
+    # six ephemeral clusters side by side: free ports only, nothing shared
+    for i in range(6):
+        DaskOperator(task_id=f"job_{i}", payload="jobs:add_up", op_kwargs={"n": 10 + i},
+                     cluster=ONE_WORKER, record_dir=RECORDS, retries=0, job_timeout="5m",
+                     startup_timeout="4m")
