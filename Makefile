@@ -40,7 +40,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -ra
 
-# also the minutes-long tests (CI runs these too)
+# also the minutes-long tests
 test-slow: setup
 	DASKJOB_SLOW_TESTS=1 $(BIN)/python -m pytest -q -ra
 

@@ -22,11 +22,11 @@ RUN_SLOW = os.environ.get("DASKJOB_SLOW_TESTS") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    # minutes-long tests (input several times the cluster's memory) run in CI, where
-    # .ci/run sets DASKJOB_SLOW_TESTS=1, and on demand locally: `make test-slow`
+    # minutes-long tests (input several times the cluster's memory) run on demand:
+    # DASKJOB_SLOW_TESTS=1, or `make test-slow`
     if RUN_SLOW:
         return
-    skip = pytest.mark.skip(reason="slow: set DASKJOB_SLOW_TESTS=1 (CI does) or run `make test-slow`")
+    skip = pytest.mark.skip(reason="slow: set DASKJOB_SLOW_TESTS=1 or run `make test-slow`")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
