@@ -10,6 +10,7 @@ the CLI's handlers). Closing twice is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -224,7 +225,7 @@ class JobRun:
             with contextlib.ExitStack() as stack:
                 stack.callback(self._teardown, record, phases, collector)
                 try:
-                    value = self._lifecycle(record, phases, collector, recdir, stack)
+                    value = self._lifecycle(record, phases, collector, recdir)
                 except BaseException as e:  # noqa: BLE001 - classified and recorded below
                     failure = e
                     self._workers_hung = isinstance(e, StartupFailed)
@@ -265,8 +266,7 @@ class JobRun:
         return {"daskjob/run-id": self.run_id, "daskjob/name": self.spec.name,
                 **self.spec.labels}
 
-    def _lifecycle(self, record, phases, collector: Collector, recdir: RecordDir,
-                   stack: contextlib.ExitStack) -> Any:
+    def _lifecycle(self, record, phases, collector: Collector, recdir: RecordDir) -> Any:
         spec = self.spec
         deadline = time.monotonic() + spec.startup_timeout_s
         payload = resolve(spec.payload)
@@ -391,7 +391,7 @@ class JobRun:
             try:
                 self._client.wait_for_workers(n, timeout=min(left, 0.5))
                 return
-            except (TimeoutError, asyncio_timeout_error()):
+            except (TimeoutError, asyncio.TimeoutError):
                 continue
 
     def _cluster_failure(self) -> str | None:
@@ -571,7 +571,11 @@ class JobRun:
             if self._torn_down.is_set():
                 return
             with phases.phase("teardown"):
-                outcome = self._close_everything(collector)
+                try:
+                    outcome = self._close_everything(collector)
+                except Exception as e:  # the record must still be written
+                    logger.exception("daskjob: teardown of %s failed", self.run_id)
+                    outcome = {"cluster": f"teardown failed: {_one_line(e)}", "killed_processes": []}
             record["teardown"] = outcome
             collector.lifecycle("teardown done", **outcome)
             self._torn_down.set()
@@ -679,11 +683,6 @@ class JobRun:
 
 class ScriptFailed(JobFailed):
     """A script payload exited non-zero."""
-
-
-def asyncio_timeout_error():
-    import asyncio
-    return asyncio.TimeoutError
 
 
 def _remote_traceback(failure: BaseException) -> str | None:
