@@ -232,33 +232,54 @@ def _execution_api_server():
 
 
 @pytest.fixture
-def execution_api(_execution_api_server, monkeypatch):
-    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", _execution_api_server)
+def execution_api(_execution_api_server):
     return _execution_api_server
+
+
+_RUN_WITH_EXECUTOR = """
+import json, sys
+import pendulum
+from airflow.models.dagbag import DagBag
+folder, dag_id, date = sys.argv[1:4]
+sys.path.insert(0, folder)
+logical_date = pendulum.parse(date) if date != "-" else None
+dr = DagBag(dag_folder=folder).get_dag(dag_id).test(use_executor=True, logical_date=logical_date)
+print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id}))
+"""
+
+
+def run_with_local_executor(api_url: str, folder: str, dag_id: str, date: str = "-",
+                            parallelism: int = 4) -> dict:
+    """dag.test(use_executor=True) in a fresh interpreter, as a scheduler would run it:
+    LocalExecutor forks its workers, and a fork of this test process (which has run
+    Dask clusters itself) would inherit stale Dask state."""
+    env = {**os.environ, **ENV, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": api_url,
+           "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+           "PYTHONPATH": os.path.join(REPO, "tests")}
+    proc = subprocess.run([sys.executable, "-c", _RUN_WITH_EXECUTOR, folder, dag_id, date],
+                          env=env, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, (proc.stdout[-3000:], proc.stderr[-3000:])
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
     """LocalExecutor: each task runs in Airflow's supervised task process, whose environment
     (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///) must not reach workers."""
-    import time
-    dag = dagbag().get_dag("taskflow_dask")
-    t = time.monotonic()
-    dr = dag.test(use_executor=True,
-                  logical_date=__import__("pendulum").datetime(2026, 11, 21, tz="UTC"))
-    assert dr.state == "success", f"dag run {dr.state} after {time.monotonic() - t:.0f}s"
-    values = xcoms("taskflow_dask", dr.run_id)
+    dr = run_with_local_executor(execution_api, DAGS, "taskflow_dask", "2026-11-21T00:00:00+00:00")
+    assert dr["state"] == "success"
+    values = xcoms("taskflow_dask", dr["run_id"])
     assert values[("report", "return_value")] == 328350
     rec = [r for r in records_of("taskflow_dask", "sum_of_squares")
-           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
+           if r["labels"]["airflow/run_id"] == dr["run_id"]][-1]
     assert rec["status"] == "succeeded"
     assert rec["driver"]["pid"] != os.getpid()  # really ran in another (supervised) process
 
 
-def test_six_dask_tasks_at_once(execution_api, monkeypatch):
-    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "6")
-    dr = fault_dag("dask_six_at_once").test(use_executor=True)
-    assert dr.state == "success"
+def test_six_dask_tasks_at_once(execution_api):
+    dr = run_with_local_executor(execution_api, FAULT_DAGS, "dask_six_at_once", parallelism=6)
+    assert dr["state"] == "success"
     recs = [r for r in (records_of("dask_six_at_once", f"job_{i}")[-1] for i in range(6))]
     assert [r["result"]["value"] for r in recs] == [sum(2 * x for x in range(10 + i)) for i in range(6)]
     assert len({r["scheduler_address"] for r in recs}) == 6
