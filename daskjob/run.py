@@ -28,7 +28,7 @@ import time
 import traceback
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from distributed import Client

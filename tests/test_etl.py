@@ -17,7 +17,6 @@ from daskjob import ClusterSpec, JobFailed, JobSpec, run_job
 from daskjob.datasets import COLUMNS, generate_chunk, write_drop
 from daskjob.payloads.etl import OUTPUT_DTYPES, validate
 
-from conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 DATE = "2026-11-20"
