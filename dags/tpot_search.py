@@ -26,7 +26,8 @@ with DAG(dag_id="tpot_search", schedule=NIGHTLY, start_date=START, catchup=False
     search = DaskOperator(
         task_id="search", payload="daskjob.payloads.tpot_search:run",
         op_kwargs={"data": WAREHOUSE + "/clients", "target": "y",
-                   "drop_columns": ["subscribed"], "output": MODELS + "/{{ ds }}",
+                   "drop_columns": ["subscribed"], "max_rows": 5000, "scoring": "balanced_accuracy",
+                   "output": MODELS + "/{{ ds }}",
                    "cv": 3, "max_time_mins": 0.5, "population_size": 8, "random_state": 0},
         dask_conn_id=CONN_ID, job_timeout="15m", startup_timeout="5m", record_dir=RECORDS)
 

@@ -323,12 +323,15 @@ def run(data: str, target: str, output: str, task: str = "classification",
         scoring: str | None = None, cv: int = 5, max_time_mins: float = 1.0,
         generations: int | None = None, population_size: int = 10, random_state: int = 0,
         test_size: float = 0.25, max_eval_time_mins: float = 0.5, client=None,
-        search_space: str = "small", drop_columns: list[str] | None = None) -> dict:
+        search_space: str = "small", drop_columns: list[str] | None = None,
+        max_rows: int | None = None) -> dict:
     """Search a pipeline with TPOT on the job's cluster; write model, leaderboard, summary.
 
     `search_space`: "small" (scaler -> selector -> one fast estimator, the default) or a
     TPOT template name ("linear-light", "linear", "graph-light", "graph").
     `drop_columns`: columns that must not be features (ids, leaks, partition keys).
+    `max_rows`: search on a random sample of this many rows (a big table and a short
+    budget otherwise leave time for only a couple of evaluations).
     """
     import dask.config
     import joblib
@@ -351,6 +354,8 @@ def run(data: str, target: str, output: str, task: str = "classification",
     if target not in df.columns:
         raise ValueError(f"target column {target!r} not in the data (columns: {list(df.columns)})")
     df = df[df[target].notna()].reset_index(drop=True)
+    if max_rows is not None and len(df) > max_rows:
+        df = df.sample(n=max_rows, random_state=random_state).reset_index(drop=True)
     X = df.drop(columns=[target, *(drop_columns or [])], errors="ignore")
     numeric, boolean, categorical = split_columns(X)
     classes: list | None = None
