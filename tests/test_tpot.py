@@ -99,7 +99,7 @@ def test_tpot_search_on_the_job_cluster(records, tmp_path):
         result = run_job(JobSpec(
             name="tpot", payload="daskjob.payloads.tpot_search:run",
             params={"data": str(csv), "target": "diagnosis", "output": str(out),
-                    "max_time_mins": 0.25, "population_size": 8, "cv": 3,
+                    "max_time_mins": 0.5, "population_size": 8, "cv": 3,
                     "random_state": 0, "test_size": 0.25, "max_eval_time_mins": 0.5},
             record_dir=str(records),
             cluster=ClusterSpec(n_workers=N_WORKERS, threads_per_worker=1),
