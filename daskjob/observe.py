@@ -190,8 +190,6 @@ class WorkerObserver(WorkerPlugin):
         self.modules = dict(modules or {})
 
     def setup(self, worker) -> None:
-        for name, (file, source) in self.modules.items():
-            _recreate_module(name, file, source)
         if self.stderr_dir and self.own_workers:
             # A worker that crashes prints its last words to fd 2 and may die before any
             # event leaves it; on a shared filesystem keep them in the record's logs/
@@ -208,6 +206,9 @@ class WorkerObserver(WorkerPlugin):
         for folder in reversed(self.sys_path):
             if folder not in sys.path:
                 sys.path.insert(0, folder)
+        # after the environment is clean: a DAG file's top level may import airflow
+        for name, (file, source) in self.modules.items():
+            _recreate_module(name, file, source)
         self._handler = None
         if not self.forward_logs:
             return
