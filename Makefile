@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,report,tpot,airflow
+EXTRAS  ?= test,report,tpot,airflow,flyte
 STAMP   := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 
 .PHONY: setup demo test test-slow bench clean
