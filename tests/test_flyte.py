@@ -1,0 +1,299 @@
+"""The Flyte plugin under real flytekit local execution, on real ephemeral Dask clusters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("flytekit")
+
+import dask.config  # noqa: E402
+import pandas as pd  # noqa: E402
+from flytekit.configuration import Image, ImageConfig, SerializationSettings  # noqa: E402
+from flytekit.tools.translator import get_serializable  # noqa: E402
+
+from conftest import REPO, only_run  # noqa: E402
+from daskjob import ClusterSpec, SpecError  # noqa: E402
+from flyte_plugin import (DaskTaskFailed, DaskTaskStartupFailed, dask_task,  # noqa: E402
+                          execution_labels)
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+DATE = "2026-11-20"
+ROWS = 5000
+
+
+@pytest.fixture
+def flyte_dirs(tmp_path, monkeypatch):
+    """Data and run records of the example workflows in this test's own folders."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("DASKJOB_DATA_DIR", str(data))
+    # the example workflows take their number of workers from the daskjob config
+    with dask.config.set({"daskjob.record-dir": str(runs), "daskjob.cluster.n-workers": 1}):
+        yield data, runs
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def flytekit_log():
+    """Everything logged on flytekit's logger tree (flytekit itself stays at WARNING
+    unless asked; the deck path is an INFO line of its own)."""
+    root = logging.getLogger("flytekit")
+    handler, level = _Lines(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield handler.lines
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def records(runs) -> list[dict]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(runs, "*", "record.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return sorted(out, key=lambda r: r["started_at"])
+
+
+def deck_files(lines: list[str]) -> list[str]:
+    return [m.group(1) for line in lines
+            for m in [re.search(r"creates flyte deck html to file://(\S+)", line)] if m]
+
+
+# ------------------------------------------------------------------- example workflows
+def test_nightly_launch_plan_runs_locally_with_deck_and_live_logs(flyte_dirs, flytekit_log):
+    from flytekit.core.schedule import CronSchedule
+
+    from workflows.nightly_etl import EtlSummary, nightly_etl, nightly_etl_nightly
+    data, runs = flyte_dirs
+
+    lp = nightly_etl_nightly
+    assert lp.name == "nightly_etl_nightly" and lp.workflow is nightly_etl
+    assert isinstance(lp.schedule, CronSchedule)
+    assert lp.schedule.cron_schedule.schedule == "0 2 * * *"
+    assert lp.schedule.kickoff_time_input_arg == "run_time"
+    fixed = {k: v.scalar.primitive.value for k, v in lp.fixed_inputs.literals.items()}
+    assert fixed == {"date": "", "max_reject_ratio": 0.05}
+
+    # as the scheduler fires it (the kickoff time), with a small demo drop
+    summary = lp(run_time=dt.datetime(2026, 11, 21, 2, 0, tzinfo=dt.timezone.utc), rows=ROWS)
+
+    assert isinstance(summary, EtlSummary)
+    assert summary.date == "2026-11-21" and summary.rows_read == ROWS  # the kickoff's day
+    assert summary.rows_written == ROWS - summary.rows_rejected > 0.9 * ROWS
+    assert (data / "warehouse" / "clients" / "date=2026-11-21" / "_SUCCESS").is_file()
+
+    (rec,) = records(runs)
+    assert rec["status"] == "succeeded" and rec["teardown"]["cluster"] == "closed"
+    labels = rec["labels"]
+    assert labels["flyte/task"] == "workflows.nightly_etl.etl"
+    assert labels["flyte/execution_id"] and labels["flyte/node_id"] == "local"
+    assert labels["flyte/retry_attempt"] == "0" and labels["pipeline"] == "nightly"
+
+    # worker log lines, lifecycle and user events reached flytekit's logger while it ran
+    assert any(line.startswith("[worker-0] ") for line in flytekit_log)
+    assert any("payload started" in line for line in flytekit_log)
+    assert any(line.startswith("dask event etl.partition") for line in flytekit_log)
+
+    # the deck file flytekit wrote holds ours: events table, timeline, logs, report
+    (deck,) = deck_files(flytekit_log)
+    page = open(deck, encoding="utf-8").read()
+    assert 'id="daskjob-events"' in page
+    events = page.split('id="daskjob-events"', 1)[1].split("</table>", 1)[0]
+    assert "etl.partition" in events and "payload started" in events
+    assert 'id="daskjob-phases"' in page and ">teardown<" in page
+    assert 'id="daskjob-logs"' in page and "worker-0.log" in page
+    assert 'id="daskjob-report"' in page  # bokeh is installed: the performance report
+    # and a copy next to the record
+    copy = open(os.path.join(rec["record_path"], "deck.html"), encoding="utf-8").read()
+    assert 'id="daskjob-events"' in copy
+
+
+def test_tpot_workflow_returns_the_best_score(flyte_dirs):
+    pytest.importorskip("tpot")
+    from workflows.tpot_search import tpot_search
+    data, runs = flyte_dirs
+
+    score = tpot_search(date=DATE, rows=ROWS, max_time_mins=1.0, generations=1,
+                        population_size=4)
+
+    assert 0.5 < score <= 1.0  # balanced accuracy: always-"no" scores 0.5
+    model = data / "models" / DATE
+    assert (model / "pipeline.joblib").is_file() and (model / "leaderboard.csv").is_file()
+    etl_rec, search_rec = records(runs)
+    assert etl_rec["labels"]["flyte/task"] == "workflows.nightly_etl.etl"
+    assert search_rec["labels"]["flyte/task"] == "workflows.tpot_search.search"
+    assert search_rec["status"] == "succeeded"
+    assert search_rec["events"]["topics"].get("tpot.done") == 1
+
+
+def test_pyflyte_run_from_the_repo_root(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
+    env.update({"DASKJOB_DATA_DIR": str(tmp_path / "data"),
+                "DASKJOB__RECORD_DIR": str(tmp_path / "runs"),
+                "DASKJOB__CLUSTER__N_WORKERS": "1", "COLUMNS": "200"})
+    cmd = [os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
+           "workflows/nightly_etl.py", "nightly_etl", "--date", DATE, "--rows", str(ROWS)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("pyflyte run did not finish within 240 s:\n" + out[-3000:])
+    print(f"\npyflyte run: {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 0, out[-5000:]
+    assert f"EtlSummary(date='{DATE}', rows_read={ROWS}" in out
+    rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
+    assert rec["status"] == "succeeded" and rec["payload"] == "workflows.nightly_etl:etl"
+    assert rec["workers"] == {"expected": 1, "started": 1}
+    assert "ModuleNotFoundError" not in out
+
+
+# ----------------------------------------------------------------------- the task
+def test_typed_io_and_the_ephemeral_cluster_as_default_client(flyte_dirs, tmp_path):
+    from flyte_tasks import scale_frame
+    _, runs = flyte_dirs
+    factor_file = tmp_path / "factor.txt"
+    factor_file.write_text("2.5\n")
+    frame = pd.DataFrame({"value": [1.0, 2.0, 3.0, 4.0]})
+
+    out = scale_frame(frame=frame, factor_file=str(factor_file))
+
+    assert isinstance(out.scaled, pd.DataFrame)
+    assert out.scaled["scaled"].tolist() == [2.5, 5.0, 7.5, 10.0]
+    assert out.scaled["square"].tolist() == [1, 4, 9, 16]  # client.map on the cluster
+    (rec,) = records(runs)
+    assert out.scheduler == rec["scheduler_address"]  # get_client() is this run's client
+    assert out.workers == ["0"]  # dask collections computed on its one worker
+
+
+def test_failure_carries_the_worker_traceback(flyte_dirs):
+    from flyte_tasks import failing_workflow
+    _, runs = flyte_dirs
+
+    with pytest.raises(DaskTaskFailed) as info:
+        failing_workflow(row=7)
+
+    message = str(info.value)
+    assert "bad row 7 on the worker" in message
+    assert "explode_on_worker" in message  # the worker-side frame
+    assert "Traceback (payload / worker side)" in message
+    assert info.value.status == "failed"
+    assert not isinstance(info.value, DaskTaskStartupFailed)
+    (rec,) = records(runs)
+    assert rec["status"] == "failed" and rec["teardown"]["cluster"] == "closed"
+    assert info.value.record["run_id"] == rec["run_id"]
+
+
+def test_timeout_ends_the_task_promptly(flyte_dirs):
+    from flyte_tasks import outlives_timeout
+    _, runs = flyte_dirs
+
+    t0 = time.monotonic()
+    with pytest.raises(DaskTaskFailed) as info:
+        outlives_timeout(seconds=120.0)
+    elapsed = time.monotonic() - t0
+
+    assert info.value.status == "timed_out"
+    (rec,) = records(runs)
+    assert rec["status"] == "timed_out" and rec["teardown"]["cluster"] == "closed"
+    # the payload phase stops at the 3 s limit, not at the worker's 120 s sleep
+    assert rec["phases"]["payload"]["seconds"] < 3 + 5
+    assert elapsed < 90, elapsed
+
+
+def test_cached_task_starts_one_cluster_for_the_same_inputs(flyte_dirs, tmp_path, monkeypatch):
+    from diskcache import Cache
+    from flytekit.core.local_cache import LocalTaskCache
+
+    from flyte_tasks import cached_sum
+    _, runs = flyte_dirs
+    # flytekit's local cache, in this test's folder rather than ~/.flyte
+    cache = Cache(str(tmp_path / "flyte-cache"))
+    monkeypatch.setattr(LocalTaskCache, "_cache", cache, raising=False)
+    monkeypatch.setattr(LocalTaskCache, "_initialized", True)
+    tag = str(tmp_path)
+
+    assert cached_sum(n=5, tag=tag) == 30
+    assert len(records(runs)) == 1
+    assert cached_sum(n=5, tag=tag) == 30
+    assert len(records(runs)) == 1  # served from flytekit's cache: no second cluster
+    cache.close()
+
+
+# ------------------------------------------------------------------ definition time
+def test_serialized_template_holds_the_cluster_spec():
+    from google.protobuf.json_format import MessageToJson
+
+    from workflows.nightly_etl import etl
+
+    @dask_task(cluster=ClusterSpec(n_workers=3, memory_per_worker="512MiB",
+                                   secrets={"token": "s3cr3t-value"}),
+               timeout="20m", requests=__import__("flytekit").Resources(cpu="2", mem="4Gi"))
+    def sized(n: int) -> int:
+        return n
+
+    settings = SerializationSettings(image_config=ImageConfig(
+        default_image=Image(name="default", fqn="ghcr.io/example/daskjob", tag="1")))
+    from collections import OrderedDict
+    spec = get_serializable(OrderedDict(), settings, etl)
+    template = spec.template
+    assert template.type == "python-task"
+    cluster = template.custom["daskjob"]["cluster"]
+    assert cluster["memory_per_worker"] == "1GiB" and cluster["threads_per_worker"] == 1
+    assert cluster["n_workers"] == dask.config.get("daskjob.cluster.n-workers")
+    assert cluster["backend"] == "local"
+    assert template.custom["daskjob"]["timeout"] == "30m"
+    assert template.metadata.retries.retries == 2
+    assert "workflows.nightly_etl" in " ".join(template.container.args)
+
+    sized_spec = get_serializable(OrderedDict(), settings, sized)
+    custom = sized_spec.template.custom["daskjob"]
+    assert custom["cluster"]["n_workers"] == 3 and custom["timeout"] == "20m"
+    assert sized_spec.template.container.resources.requests  # a plain @task argument
+    assert "s3cr3t-value" not in MessageToJson(sized_spec.template.to_flyte_idl())
+
+
+def test_bad_settings_fail_when_the_task_is_defined():
+    with pytest.raises(SpecError, match="n_workers"):
+        @dask_task(cluster={"n_workers": 0})
+        def nope(n: int) -> int:
+            return n
+    with pytest.raises(SpecError, match="timeout"):
+        @dask_task(timeout="soon")
+        def nope2(n: int) -> int:
+            return n
+
+
+def test_labels_in_a_task_pod():
+    env = {"FLYTE_INTERNAL_EXECUTION_ID": "f3a9c1", "FLYTE_ATTEMPT_NUMBER": "2",
+           "HOSTNAME": "f3a9c1-n1-2"}
+    labels = execution_labels("wf.etl", env)
+    assert labels["flyte/retry_attempt"] == "2" and labels["flyte/node_id"] == "n1"
+    assert labels["flyte/task"] == "wf.etl"
+    url = {**env, "FLYTE_EXECUTION_URL":
+           "https://flyte.example/console/projects/p/domains/d/executions/f3a9c1/nodeId/n4-0-n2/nodes"}
+    assert execution_labels("wf.etl", url)["flyte/node_id"] == "n4-0-n2"
+    local = execution_labels("wf.etl", {})
+    assert local["flyte/node_id"] == "local" and local["flyte/retry_attempt"] == "0"
