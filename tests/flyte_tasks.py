@@ -63,3 +63,9 @@ def outlives_timeout(seconds: float) -> float:
 def cached_sum(n: int, tag: str) -> int:
     from distributed import get_client
     return sum(get_client().gather(get_client().map(ws.square, range(n))))
+
+
+@dask_task(cluster=ONE_WORKER, performance_report=False, timeout="5m")
+def waits_on_worker(seconds: float) -> float:
+    from distributed import get_client
+    return get_client().submit(ws.sleep_on_worker, seconds).result()

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -132,8 +133,10 @@ def test_tpot_workflow_returns_the_best_score(flyte_dirs):
     from workflows.tpot_search import tpot_search
     data, runs = flyte_dirs
 
-    score = tpot_search(date=DATE, rows=ROWS, max_time_mins=1.0, generations=1,
-                        population_size=4)
+    # one generation of three pipelines on ~2,000 rows: the wiring, not the search, is
+    # under test here (tests/test_tpot.py tests the search)
+    score = tpot_search(date=DATE, rows=2000, max_time_mins=1.0, generations=1,
+                        population_size=3)
 
     assert 0.5 < score <= 1.0  # balanced accuracy: always-"no" scores 0.5
     model = data / "models" / DATE
@@ -221,6 +224,41 @@ def test_timeout_ends_the_task_promptly(flyte_dirs):
     # the payload phase stops at the 3 s limit, not at the worker's 120 s sleep
     assert rec["phases"]["payload"]["seconds"] < 3 + 5
     assert elapsed < 90, elapsed
+
+
+def test_sigterm_cancels_the_run_and_tears_down(flyte_dirs):
+    """How Flyte stops a task pod: SIGTERM to the task process, mid-payload."""
+    from flyte_tasks import waits_on_worker
+    _, runs = flyte_dirs
+    unhandled = []
+    # a safety net under ours: should ours be missing, the signal must not end pytest
+    def safety_net(*args):
+        unhandled.append(args)
+    previous = signal.signal(signal.SIGTERM, safety_net)
+
+    def sigterm_once_running():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for path in glob.glob(os.path.join(runs, "*", "events.jsonl")):
+                if "payload started" in open(path).read():
+                    time.sleep(0.5)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+            time.sleep(0.1)
+
+    threading.Thread(target=sigterm_once_running, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DaskTaskFailed) as info:
+            waits_on_worker(seconds=60.0)
+        assert signal.getsignal(signal.SIGTERM) is safety_net  # the task put it back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert time.monotonic() - t0 < 55  # not the worker's 60 s sleep
+    assert not unhandled  # the task's handler took it
+    assert info.value.status == "cancelled"
+    (rec,) = records(runs)
+    assert rec["status"] == "cancelled" and rec["teardown"]["cluster"] == "closed"
 
 
 def test_cached_task_starts_one_cluster_for_the_same_inputs(flyte_dirs, tmp_path, monkeypatch):
