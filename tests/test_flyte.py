@@ -191,6 +191,47 @@ def test_typed_io_and_the_ephemeral_cluster_as_default_client(flyte_dirs, tmp_pa
     assert out.workers == ["0"]  # dask collections computed on its one worker
 
 
+LOOSE_WORKFLOW = """
+from flytekit import workflow
+from daskjob import ClusterSpec
+from flyte_plugin import dask_task
+
+
+def cube(x):  # runs on a worker, which must import this file to unpickle it
+    return x ** 3
+
+
+@dask_task(cluster=ClusterSpec(n_workers=1, dashboard=False), performance_report=False,
+           timeout="5m", startup_timeout="3m")
+def cubes(n: int) -> int:
+    from distributed import get_client
+    return sum(get_client().gather(get_client().map(cube, range(n))))
+
+
+@workflow
+def wf(n: int) -> int:
+    return cubes(n=n)
+"""
+
+
+def test_workflow_file_off_sys_path_reaches_the_workers(flyte_dirs, tmp_path):
+    """pyflyte puts a workflow file's folder on sys.path only while importing it; the
+    workers then find the file's functions through the run, not through sys.path."""
+    import importlib
+
+    from flytekit.tools.module_loader import add_sys_path
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "loose_workflow.py").write_text(LOOSE_WORKFLOW)
+    with add_sys_path(str(folder)):  # as pyflyte run does
+        module = importlib.import_module("loose_workflow")
+    try:
+        assert str(folder) not in sys.path
+        assert module.wf(n=5) == sum(i ** 3 for i in range(5))
+    finally:
+        sys.modules.pop("loose_workflow", None)
+
+
 def test_failure_carries_the_worker_traceback(flyte_dirs):
     from flyte_tasks import failing_workflow
     _, runs = flyte_dirs
