@@ -42,7 +42,7 @@ def scale_frame(frame: pd.DataFrame, factor_file: FlyteFile) -> FrameOutputs:
     return FrameOutputs(scaled=scaled, scheduler=client.scheduler.address, workers=sorted(workers))
 
 
-@dask_task(**QUIET, timeout="5m")
+@dask_task(**QUIET, timeout="5m", enable_deck=True)
 def fails_on_worker(row: int) -> int:
     from distributed import get_client
     return get_client().submit(ws.explode_on_worker, row).result()

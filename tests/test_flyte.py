@@ -110,9 +110,12 @@ def test_nightly_launch_plan_runs_locally_with_deck_and_live_logs(flyte_dirs, fl
     assert labels["flyte/retry_attempt"] == "0" and labels["pipeline"] == "nightly"
 
     # worker log lines, lifecycle and user events reached flytekit's logger while it ran
-    assert any(line.startswith("[worker-0] ") for line in flytekit_log)
-    assert any("payload started" in line for line in flytekit_log)
-    assert any(line.startswith("dask event etl.partition") for line in flytekit_log)
+    def first(predicate):
+        return next(i for i, line in enumerate(flytekit_log) if predicate(line))
+    finished = first(lambda line: "payload finished" in line)
+    assert first(lambda line: "payload started" in line) < finished
+    assert first(lambda line: line.startswith("[worker-0] ")) < finished
+    assert first(lambda line: line.startswith("dask event etl.partition")) < finished
 
     # the deck file flytekit wrote holds ours: events table, timeline, logs, report
     (deck,) = deck_files(flytekit_log)
@@ -248,6 +251,9 @@ def test_failure_carries_the_worker_traceback(flyte_dirs):
     (rec,) = records(runs)
     assert rec["status"] == "failed" and rec["teardown"]["cluster"] == "closed"
     assert info.value.record["run_id"] == rec["run_id"]
+    # flytekit writes no deck for a task that raised; the record keeps ours
+    deck = open(os.path.join(rec["record_path"], "deck.html"), encoding="utf-8").read()
+    assert "bad row 7 on the worker" in deck and 'id="daskjob-events"' in deck
 
 
 def test_timeout_ends_the_task_promptly(flyte_dirs):
@@ -329,7 +335,8 @@ def test_serialized_template_holds_the_cluster_spec():
 
     @dask_task(cluster=ClusterSpec(n_workers=3, memory_per_worker="512MiB",
                                    secrets={"token": "s3cr3t-value"}),
-               timeout="20m", requests=__import__("flytekit").Resources(cpu="2", mem="4Gi"))
+               timeout="20m", flyte_timeout=dt.timedelta(hours=1),
+               requests=__import__("flytekit").Resources(cpu="2", mem="4Gi"))
     def sized(n: int) -> int:
         return n
 
@@ -347,10 +354,18 @@ def test_serialized_template_holds_the_cluster_spec():
     assert template.metadata.retries.retries == 2
     assert "workflows.nightly_etl" in " ".join(template.container.args)
 
+    @dask_task
+    def bare(n: int) -> int:
+        return n
+
+    bare_custom = get_serializable(OrderedDict(), settings, bare).template.custom["daskjob"]
+    assert bare_custom["cluster"]["backend"] == "local"  # the daskjob defaults
+
     sized_spec = get_serializable(OrderedDict(), settings, sized)
     custom = sized_spec.template.custom["daskjob"]
     assert custom["cluster"]["n_workers"] == 3 and custom["timeout"] == "20m"
-    assert sized_spec.template.container.resources.requests  # a plain @task argument
+    assert sized_spec.template.container.resources.requests  # plain @task arguments
+    assert sized_spec.template.metadata.timeout == dt.timedelta(hours=1)
     assert "s3cr3t-value" not in MessageToJson(sized_spec.template.to_flyte_idl())
 
 
