@@ -23,6 +23,7 @@ there would leak the cluster on exactly the runs that fail.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -33,7 +34,7 @@ from flytekit.core.python_function_task import PythonFunctionTask
 from flytekit.core.task import TaskPlugins
 from flytekit.deck import DeckField
 
-from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec
+from daskjob import JobFailed, JobRun, JobSpec
 
 from . import deck as deck_page
 from .errors import as_task_error
@@ -44,7 +45,8 @@ from .execution import (WORKER_DROP_ENV, execution_labels, in_flyte_context, log
 _SETTINGS = ("cluster", "timeout", "startup_timeout", "record_dir", "labels", "version_check",
              "performance_report", "forward_logs", "worker_log_level")
 
-
+# flytekit's default deck fields less DEPENDENCIES, which shells out to `pip list`:
+# virtualenvs made by uv have no pip, and the task log would show an ERROR for it
 DEFAULT_DECK_FIELDS = (DeckField.SOURCE_CODE, DeckField.TIMELINE, DeckField.INPUT, DeckField.OUTPUT)
 
 
@@ -85,7 +87,6 @@ class DaskJob:
 
     def serialized(self) -> dict[str, Any]:
         """JSON-safe settings with every secret hidden: what goes into the task template."""
-        import json
         data = self.resolve().redacted()
         return json.loads(json.dumps({k: data[k] for k in _SETTINGS}, default=str))
 
@@ -188,7 +189,5 @@ def dask_task(_task_function: Callable | None = None, *, cluster: Any = None,
                      forward_logs=forward_logs, worker_log_level=worker_log_level)
     if flyte_timeout is not None:
         task_kwargs["timeout"] = flyte_timeout
-    # flytekit's default deck fields less DEPENDENCIES, which shells out to `pip list`:
-    # virtualenvs made by uv have no pip, and the task log would show an ERROR for it
     task_kwargs.setdefault("deck_fields", DEFAULT_DECK_FIELDS)
     return flytekit.task(_task_function, task_config=config, **task_kwargs)
