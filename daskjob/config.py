@@ -56,4 +56,22 @@ def get(key: str, override_with: Any = None) -> Any:
     return dask.config.get(f"daskjob.{key}")
 
 
+def worker_dask_config(*, report: bool) -> dict[str, Any]:
+    """Dask config that daskjob sets for worker processes (nested, ready to merge).
+
+    `report`: whether the run writes a performance report, the profiler's one reader.
+    """
+    from .durations import seconds
+
+    enabled = get("worker-profile")
+    if enabled not in (True, False, "auto"):
+        raise ValueError(f"daskjob.worker-profile: expected true, false or auto, got {enabled!r}")
+    profile: dict[str, Any] = {"enabled": report if enabled == "auto" else enabled}
+    interval = get("worker-profile-interval")
+    if interval is not None:
+        seconds(interval, field="daskjob.worker-profile-interval")  # fail before any process
+        profile["interval"] = interval
+    return {"distributed": {"worker": {"profile": profile}}}
+
+
 _load()

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 from distributed import Client
 
-from . import __version__
+from . import __version__, config
 from .backends import ClusterContext, get_backend
 from .errors import JobCancelled, JobFailed, JobTimedOut, SpecError, StartupFailed
 from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
@@ -274,7 +274,8 @@ class JobRun:
             run_id=self.run_id, labels=self._labels(),
             worker_env={**spec.cluster.env, **self.extra_worker_env,
                         **label_env(self.run_id, self._labels())},
-            drop_env=[*spec.cluster.drop_env, *self.extra_drop_env])
+            drop_env=[*spec.cluster.drop_env, *self.extra_drop_env],
+            worker_config=config.worker_dask_config(report=spec.report_enabled))
 
         with phases.phase("provision"):
             self._cluster = self._provision(ctx, deadline)

@@ -246,6 +246,12 @@ class JobSpec(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _worker_settings(self):
+        from .config import worker_dask_config
+        worker_dask_config(report=False)  # daskjob.worker-profile*: checked before any process
+        return self
+
+    @model_validator(mode="after")
     def _payload(self):
         from .payload import check_payload
         self.payload = check_payload(self.payload, self.params)

@@ -326,20 +326,30 @@ def test_environment_check_warn_and_off(records, mismatched_toolz):
     assert off.record["environment_check"] == {"policy": "off"}
 
 
-def test_worker_env_is_applied_and_dropped(records, monkeypatch):
+def test_worker_env_and_config_are_applied_and_dropped(records, monkeypatch):
     monkeypatch.setenv("SECRET_DRIVER_ONLY", "do-not-leak")
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "airflow-db-not-allowed:///")
 
     def payload(client):
-        return client.submit(lambda: {k: os.environ.get(k) for k in
-                                      ("MY_FLAG", "SECRET_DRIVER_ONLY",
-                                       "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")}).result()
+        def on_worker():
+            import dask.config
+            seen = {k: os.environ.get(k) for k in
+                    ("MY_FLAG", "SECRET_DRIVER_ONLY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")}
+            seen["profile"] = dask.config.get("distributed.worker.profile")
+            return seen
+        return client.submit(on_worker).result()
 
+    user_config = {"distributed": {"worker": {"profile": {"cycle": "5s"}}}}
     result = run_job(spec(records, payload, cluster={"env": {"MY_FLAG": 1},
-                                                     "drop_env": ["SECRET_*"]}),
+                                                     "drop_env": ["SECRET_*"],
+                                                     "options": {"config": user_config}}),
                      drop_env=["AIRFLOW__*"])
+    profile = result.value.pop("profile")
     assert result.value == {"MY_FLAG": "1", "SECRET_DRIVER_ONLY": None,
                             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": None}
+    # daskjob's worker default, the user's option, and the rest of dask's config intact
+    assert profile["interval"] == "100ms" and profile["cycle"] == "5s"
+    assert profile["enabled"] is False  # no performance report in these tests: no profiler
 
 
 def test_payload_from_a_file_loaded_under_another_name(records, tmp_path):

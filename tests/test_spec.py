@@ -274,6 +274,8 @@ def test_dask_config_unknown_backend_default_is_rejected():
     ("daskjob.cluster.memory-per-worker", "lots", "memory_per_worker"),
     ("daskjob.timeout", "banana", "timeout"),
     ("daskjob.version-check", "maybe", "version_check"),
+    ("daskjob.worker-profile", "sometimes", "daskjob.worker-profile"),
+    ("daskjob.worker-profile-interval", "soon", "daskjob.worker-profile-interval"),
 ])
 def test_dask_config_bad_default_is_still_validated(key, value, field):
     with dask.config.set({key: value}):

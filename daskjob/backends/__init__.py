@@ -29,6 +29,8 @@ class ClusterContext:
     # environment for worker processes: ClusterSpec.env plus the run's identity labels
     worker_env: dict[str, str] = field(default_factory=dict)
     drop_env: list[str] = field(default_factory=list)
+    # dask config for worker processes (nested dict), over what they would read otherwise
+    worker_config: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend:

@@ -11,6 +11,8 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
+import dask.config
+from dask.config import merge
 from distributed import LocalCluster, Nanny, Worker
 from distributed.core import Status
 
@@ -112,6 +114,11 @@ class LocalBackend(Backend):
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
         # Workers start through scale() so that a worker that never arrives cannot block
         # here: the caller watches the startup deadline and can always close the cluster.
+        options = dict(spec.options)
+        # the Nanny hands its worker process this config, merged shallowly over the
+        # driver's: so pass the whole of it. A user's own `config` option wins.
+        worker_config = merge(dask.config.config, ctx.worker_config,
+                              options.pop("config", None) or {})
         nanny_class = type("RecordingNanny", (RecordingNanny,),
                            {"instances": [], "drop_env": list(ctx.drop_env)})
         cluster = LocalCluster(
@@ -127,7 +134,8 @@ class LocalBackend(Backend):
             death_timeout=spec.death_timeout_s,
             preload=list(spec.preload) or None,
             silence_logs=logging.WARNING,
-            **spec.options,
+            config=worker_config,
+            **options,
         )
         cluster._daskjob_nannies = nanny_class.instances
         return cluster
