@@ -4,7 +4,7 @@ the best score to XCom."""
 from __future__ import annotations
 
 from _common import (CONN_ID, DEFAULT_ARGS, DEMO_ROWS, MODELS, NIGHTLY, RAW, RECORDS, START,
-                     WAREHOUSE)
+                     TPOT_BUDGET, WAREHOUSE)
 from airflow.sdk import DAG, task
 
 from airflow_provider.operators.dask import DaskOperator
@@ -26,9 +26,8 @@ with DAG(dag_id="tpot_search", schedule=NIGHTLY, start_date=START, catchup=False
     search = DaskOperator(
         task_id="search", payload="daskjob.payloads.tpot_search:run",
         op_kwargs={"data": WAREHOUSE + "/clients", "target": "y",
-                   "drop_columns": ["subscribed"], "max_rows": 5000, "scoring": "balanced_accuracy",
-                   "output": MODELS + "/{{ ds }}",
-                   "cv": 3, "max_time_mins": 0.5, "population_size": 8, "random_state": 0},
+                   "drop_columns": ["subscribed"], "scoring": "balanced_accuracy",
+                   "output": MODELS + "/{{ ds }}", "cv": 3, "random_state": 0, **TPOT_BUDGET},
         dask_conn_id=CONN_ID, job_timeout="15m", startup_timeout="5m", record_dir=RECORDS)
 
     @task
