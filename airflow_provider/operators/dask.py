@@ -76,6 +76,7 @@ class DaskOperator(BaseOperator):
         self.version_check = version_check
         self.performance_report = performance_report
         self._run: JobRun | None = None
+        self._killed = False
 
     # ----------------------------------------------------------------------- spec
     def cluster_spec(self) -> ClusterSpec:
@@ -117,6 +118,7 @@ class DaskOperator(BaseOperator):
 
     # -------------------------------------------------------------------- execute
     def execute(self, context) -> Any:
+        self._killed = False
         try:
             spec = self.job_spec(context)
         except SpecError as e:
@@ -124,6 +126,10 @@ class DaskOperator(BaseOperator):
         run = JobRun(spec, on_event=self._log_event, drop_env=WORKER_DROP_ENV,
                      passthrough=(_task_timeout_class(),))
         self._run = run
+        if self._killed:
+            # SIGTERM came before the run existed (while the spec was built, e.g. during
+            # the connection lookup): on_kill had nothing to cancel, so do it now
+            run.cancel("Airflow task killed (on_kill)")
         with _daskjob_logs_to(self.log):
             return self._execute_run(run, spec, context)
 
@@ -147,6 +153,7 @@ class DaskOperator(BaseOperator):
 
     def on_kill(self) -> None:
         # never creates a client: only flags the run, whose own thread tears it down
+        self._killed = True
         run = self._run
         if run is not None:
             self.log.warning("task killed: cancelling daskjob run %s", run.run_id)
