@@ -30,6 +30,8 @@ ENV = {
     # shared by the api-server the executor test starts and the task processes
     "AIRFLOW__API_AUTH__JWT_SECRET": "daskjob-tests-only",
     "DASKJOB_DATA_DIR": DATA, "DASKJOB_RECORD_DIR": RECORDS, "DASKJOB_DEMO_ROWS": "20000",
+    # tpot_search: one generation of 4 pipelines on 2,000 rows
+    "DASKJOB_TPOT_ROWS": "2000", "DASKJOB_TPOT_POPULATION": "4", "DASKJOB_TPOT_GENERATIONS": "1",
 }
 os.environ.update(ENV)
 for folder in (DAGS, os.path.join(REPO, "tests")):
@@ -152,6 +154,38 @@ def test_nightly_etl_dag_writes_the_partition(capfd):
     assert "dask event etl.partition" in capfd.readouterr().out
 
 
+def test_tpot_search_dag_puts_the_best_score_in_xcom(capfd):
+    import importlib.util
+    if importlib.util.find_spec("tpot") is None:  # (importing it here costs ~15 s)
+        pytest.skip("tpot is not installed")
+    date = "2026-11-22"
+    # the cluster comes from the `dask_default` connection: one worker (each worker
+    # imports tpot before the search starts)
+    os.environ["AIRFLOW_CONN_DASK_DEFAULT"] = json.dumps({"conn_type": "dask", "extra": {"n_workers": 1}})
+    try:
+        dr = dagbag().get_dag("tpot_search").test(
+            logical_date=__import__("pendulum").parse(date + "T00:00:00+00:00"))
+    finally:
+        del os.environ["AIRFLOW_CONN_DASK_DEFAULT"]
+    assert dr.state == "success"
+    values = xcoms("tpot_search", dr.run_id)
+    found = values[("search", "return_value")]
+    best = values[("best_score", "return_value")]
+    # balanced accuracy on rows the search never saw: 0.5 is a coin toss
+    assert best == found["holdout_score"] and 0.55 < best <= 1.0, found
+    assert found["scoring"] == "balanced_accuracy"
+    assert found["n_evaluated"] == 4  # DASKJOB_TPOT_POPULATION, one generation
+    rec = [r for r in records_of("tpot_search", "search")
+           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
+    assert rec["workers"] == {"expected": 1, "started": 1}  # from the connection
+    assert values[("search", "daskjob_record")]["status"] == "succeeded"
+    assert rec["status"] == "succeeded" and rec["teardown"]["cluster"] == "closed"
+    assert rec["result"]["value"]["holdout_score"] == best
+    assert rec["events"]["topics"].get("tpot.done") == 1
+    assert os.path.isfile(os.path.join(DATA, "models", date, "pipeline.joblib"))
+    assert "dask event tpot.done" in capfd.readouterr().out
+
+
 def fault_dag(dag_id: str):
     from airflow.models.dagbag import DagBag
     return DagBag(dag_folder=FAULT_DAGS).get_dag(dag_id)
@@ -248,20 +282,47 @@ print("RESULT " + json.dumps({"state": str(dr.state), "run_id": dr.run_id}))
 """
 
 
-def run_with_local_executor(api_url: str, folder: str, dag_id: str, date: str = "-",
-                            parallelism: int = 4) -> dict:
+class ExecutorRun:
     """dag.test(use_executor=True) in a fresh interpreter, as a scheduler would run it:
     LocalExecutor forks its workers, and a fork of this test process (which has run
     Dask clusters itself) would inherit stale Dask state."""
-    env = {**os.environ, **ENV, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": api_url,
-           "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-           "PYTHONPATH": os.path.join(REPO, "tests")}
-    proc = subprocess.run([sys.executable, "-c", _RUN_WITH_EXECUTOR, folder, dag_id, date],
-                          env=env, capture_output=True, text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, (proc.stdout[-3000:], proc.stderr[-3000:])
-    return json.loads(lines[-1][len("RESULT "):])
+
+    def __init__(self, api_url: str, folder: str, dag_id: str, date: str = "-",
+                 parallelism: int = 4):
+        env = {**os.environ, **ENV, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": api_url,
+               "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+               "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(REPO, "tests"),
+                                                           os.environ.get("PYTHONPATH")]))}
+        # files, not pipes: nobody reads a pipe while the run goes on, and a full one blocks it
+        self.out = tempfile.TemporaryFile("w+")
+        self.err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-c", _RUN_WITH_EXECUTOR, folder, dag_id, date],
+                                     env=env, stdout=self.out, stderr=self.err, text=True,
+                                     start_new_session=True)
+
+    def result(self, timeout: float = 600) -> dict:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.stop()
+        self.out.seek(0)
+        self.err.seek(0)
+        stdout, stderr = self.out.read(), self.err.read()
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+        assert lines, (stdout[-3000:], stderr[-3000:])
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def stop(self) -> None:
+        """Ends the run if it is still going (its task processes are the leak check's)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(30)
+
+
+def run_with_local_executor(api_url: str, folder: str, dag_id: str, date: str = "-",
+                            parallelism: int = 4) -> dict:
+    return ExecutorRun(api_url, folder, dag_id, date, parallelism).result()
 
 
 def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
@@ -286,3 +347,102 @@ def test_six_dask_tasks_at_once(execution_api):
     # they really overlapped: some run started before another one ended
     spans = sorted((r["started_at"], r["ended_at"]) for r in recs)
     assert any(spans[i + 1][0] < spans[i][1] for i in range(5))
+
+
+def _wait_for(condition, timeout: float, what: str, poll: float = 0.1):
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+def _payload_running(dag_id: str, task_id: str, old: set[str]) -> dict | None:
+    """The record of a new run of dag_id.task_id once its payload has started."""
+    for rec in records_of(dag_id, task_id):
+        if rec["run_id"] in old:
+            continue
+        with open(os.path.join(rec["record_path"], "events.jsonl")) as f:
+            if '"payload started"' in f.read():
+                return rec
+    return None
+
+
+def _set_task_state(dag_id: str, run_id: str, task_id: str, state: str) -> list[str]:
+    """What the UI's "Mark as failed" does: its REST call (PATCH .../taskInstances/{task_id},
+    new_state) runs this on the DAG's serialized version, against the metadata DB."""
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.session import create_session
+    with create_session() as session:
+        dag = DBDagBag().get_latest_version_of_dag(dag_id, session=session)
+        changed = dag.set_task_instance_state(task_id=task_id, run_id=run_id, state=state,
+                                              commit=True, session=session)
+        return [ti.state for ti in changed]
+
+
+def _gone(proc) -> bool:
+    import psutil
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_marking_a_running_task_failed_cancels_the_run(execution_api):
+    """Airflow's kill: the task's state is set to failed while it runs. The supervisor's
+    next heartbeat is refused (409), it sends SIGTERM to the task's process group, the
+    task runner calls on_kill() and returns, and execute() carries on: on_kill cancelled
+    the run, so execute() tears the cluster down and ends (before the SIGKILL that
+    follows 5 s later)."""
+    import time
+
+    import psutil
+
+    from daskjob.procs import labelled_processes
+    old = {r["run_id"] for r in records_of("dask_killed", "job")}
+    run = ExecutorRun(execution_api, FAULT_DAGS, "dask_killed")
+    try:
+        rec = _wait_for(lambda: _payload_running("dask_killed", "job", old)
+                        or run.proc.poll() is not None, 150, "the payload to start")
+        assert isinstance(rec, dict), "the DAG run ended before its payload started"
+        driver = psutil.Process(rec["driver"]["pid"])  # the task process: runs execute()
+        assert driver.pid != os.getpid()
+        # the processes of its cluster: the task process's own (dask worker processes
+        # rename themselves, which blanks their /proc environ: labels do not find them)
+        cluster = driver.children(recursive=True)
+        cluster += [p for p, _ in labelled_processes(rec["run_id"]) if p not in cluster]
+        assert any("dask worker" in " ".join(p.cmdline()) for p in cluster), cluster
+
+        t0 = time.monotonic()
+        assert _set_task_state("dask_killed", rec["labels"]["airflow/run_id"], "job",
+                               "failed") == ["failed"]
+        _wait_for(lambda: _gone(driver), 60, "the task process to end", poll=0.05)
+        task_ended = time.monotonic() - t0
+        _wait_for(lambda: not labelled_processes(rec["run_id"])
+                  and all(_gone(p) for p in cluster),
+                  60, "the cluster to go", poll=0.05)
+        cluster_gone = time.monotonic() - t0
+        dr = run.result(120)
+    finally:
+        run.stop()
+    print(f"\nmarked failed -> task process ended {task_ended:.1f}s, "
+          f"last cluster process gone {cluster_gone:.1f}s")
+    assert task_ended < 15, task_ended
+    assert cluster_gone < 15, cluster_gone
+    assert dr["state"] == "failed"
+    final = [r for r in records_of("dask_killed", "job") if r["run_id"] == rec["run_id"]][0]
+    assert final["status"] != "running", \
+        "the teardown did not finish before Airflow's SIGKILL (5 s after its SIGTERM)"
+    assert final["status"] == "cancelled", final["error"]
+    assert "on_kill" in final["error"]["message"]
+    assert final["teardown"]["cluster"] == "closed"
+    # the task log: the supervisor's reason, then on_kill
+    airflow_run = rec["labels"]["airflow/run_id"]
+    with open(os.path.join(AIRFLOW_HOME, "logs", "dag_id=dask_killed", f"run_id={airflow_run}",
+                           "task_id=job", "attempt=1.log")) as f:
+        log = f.read()
+    assert "Server indicated the task shouldn't be running anymore" in log
+    assert log.index("shouldn't be running") < log.index("task killed: cancelling daskjob run")

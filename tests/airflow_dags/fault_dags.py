@@ -39,3 +39,8 @@ with _dag("dask_six_at_once"):
         DaskOperator(task_id=f"job_{i}", payload="jobs:add_up", op_kwargs={"n": 10 + i},
                      cluster=ONE_WORKER, record_dir=RECORDS, retries=0, job_timeout="5m",
                      startup_timeout="4m")
+
+with _dag("dask_killed"):
+    # set to failed from outside while it runs (the kill test): the run must be cancelled
+    DaskOperator(task_id="job", payload="jobs:sleeps", op_kwargs={"seconds": 300},
+                 cluster=ONE_WORKER, record_dir=RECORDS, retries=0)
