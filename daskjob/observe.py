@@ -302,10 +302,14 @@ class FirehosePlugin(SchedulerPlugin):
             self.client_id = None  # our driver left: nobody to forward to
 
     def log_event(self, topic: str, msg: Any) -> None:
-        # per-worker topics repeat what the scheduler also logs under "all"
         if (self.client_id is None or topic == FIREHOSE_TOPIC
-                or topic.startswith(_ADDRESS_PREFIXES)
                 or self.client_id not in self.scheduler.client_comms):
+            return
+        if topic.startswith(_ADDRESS_PREFIXES):
+            # per-worker topics repeat what the scheduler also logs under "all", except
+            # a worker pausing at its memory limit or resuming, which only goes here
+            if isinstance(msg, dict) and msg.get("action") == "worker-status-change":
+                self._send("all", {**msg, "worker": topic}, self.names.get(topic, topic))
             return
         name = None
         if isinstance(msg, dict) and isinstance(msg.get("worker"), str):
@@ -342,6 +346,7 @@ class Collector:
         self.topics: dict[str, int] = defaultdict(int)
         self.tails: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=tail_lines))
         self.worker_deaths: list[dict] = []
+        self.paused_since: dict[str, float] = {}  # worker address -> time it paused
         # addresses of workers up right now, kept from the event stream (no RPC needed)
         self.live_workers: set[str] = set()
         self._barriers: dict[str, set[str]] = defaultdict(set)
@@ -407,6 +412,9 @@ class Collector:
             return  # ours, not the scheduler's: only the lifecycle event is kept
         if topic == "all" and isinstance(msg, dict) and msg.get("action") == "remove-worker":
             self._worker_change(ts, msg, name)
+        if topic == "all" and isinstance(msg, dict) and msg.get("action") == "worker-status-change":
+            self._worker_status(ts, msg, name)
+            return
         worker_name = None
         if isinstance(msg, dict):
             worker_name = msg.get("worker_name") or name
@@ -427,6 +435,7 @@ class Collector:
             what, data = "worker joined", {"worker": name, "address": msg.get("worker")}
         else:
             self.live_workers.discard(msg.get("worker"))
+            self.paused_since.pop(msg.get("worker"), None)
             died = not msg.get("expected", False) and not self._closing_cluster
             what = "worker died" if died else "worker left"
             data = {"worker": name, "address": msg.get("worker"),
@@ -436,6 +445,27 @@ class Collector:
                 self.worker_deaths.append(data)
         self._write_event({"time": ts, "topic": LIFECYCLE_TOPIC, "worker": name,
                            "data": {"event": what, **data}})
+
+    def _worker_status(self, ts: float, msg: dict, name: str | None) -> None:
+        address, status = msg.get("worker"), msg.get("status")
+        if status == "paused":
+            self.paused_since.setdefault(address, ts)
+            what = "worker paused"  # dask's memory monitor: process memory over its pause fraction
+        elif status == "running" and msg.get("prev-status") == "paused":
+            self.paused_since.pop(address, None)
+            what = "worker resumed"
+        else:
+            return
+        self._write_event({"time": ts, "topic": LIFECYCLE_TOPIC,
+                           "worker": display_name(name) if name else None,
+                           "data": {"event": what, "address": address}})
+
+    def all_paused_since(self) -> float | None:
+        """When the last live worker paused, if every live worker is paused now."""
+        live = set(self.live_workers)
+        if not live or not live <= set(self.paused_since):
+            return None
+        return max(self.paused_since[a] for a in live)
 
     _closing_cluster = False
 

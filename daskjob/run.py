@@ -158,6 +158,7 @@ class JobRun:
         self._script: subprocess.Popen | None = None
         self._torn_down = threading.Event()
         self._workers_hung = False
+        self._workers_arrived = False
         self._disconnected_since: float | None = None  # set when startup failed: workers are killed, not asked
         self._teardown_lock = threading.Lock()
 
@@ -228,7 +229,10 @@ class JobRun:
                     value = self._lifecycle(record, phases, collector, recdir)
                 except BaseException as e:  # noqa: BLE001 - classified and recorded below
                     failure = e
-                    self._workers_hung = isinstance(e, StartupFailed)
+                    # stopped while workers were still starting (failed start, cancel,
+                    # signal): a nanny mid-start blocks a clean close, so stop them first
+                    self._workers_hung = (isinstance(e, StartupFailed)
+                                          or not self._workers_arrived)
                     if isinstance(e, (KeyboardInterrupt, SystemExit, *self.passthrough)):
                         reraise = e
                 finally:
@@ -293,6 +297,7 @@ class JobRun:
         with phases.phase("workers"):
             self.backend.scale(self._cluster, expected)
             self._wait_for_workers(expected, deadline, collector)
+            self._workers_arrived = True
         workers_now = self._client.scheduler_info(n_workers=-1)["workers"]
         collector.live_workers.update(workers_now)  # a borrowed cluster's workers joined earlier
         record["workers"] = {"expected": expected, "started": len(workers_now)}
@@ -394,6 +399,16 @@ class JobRun:
                 return
             except (TimeoutError, asyncio.TimeoutError):
                 continue
+
+    def _paused_note(self) -> str:
+        """Why a run made no progress, when the reason is memory."""
+        since = self._collector.all_paused_since() if self._collector else None
+        if since is None:
+            return ""
+        n = len(self._collector.live_workers)
+        return (f"; all {n} worker(s) paused at their memory limit for the last "
+                f"{time.time() - since:.0f}s, so no task could start (give workers more "
+                "memory: memory_per_worker, or smaller partitions)")
 
     def _cluster_failure(self) -> str | None:
         client = self._client
@@ -504,7 +519,8 @@ class JobRun:
             self._check_cancel()
             now = time.monotonic()
             if timeout is not None and now - start > timeout:
-                raise JobTimedOut(f"payload ran longer than timeout ({self.spec.timeout})")
+                raise JobTimedOut(f"payload ran longer than timeout ({self.spec.timeout})"
+                                  + self._paused_note())
             if now >= next_health:
                 next_health = now + _HEALTH_EVERY
                 reason = self._cluster_failure()

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from distributed import get_client
+from distributed import get_client, get_worker
 
 import daskjob
 
@@ -88,6 +88,30 @@ def _hog(mb):
 
 def hogs_memory(mb: int = 2000):
     return get_client().submit(_hog, mb, pure=False).result()
+
+
+_KEPT: list = []
+
+
+def _keep_until_paused(limit_fraction):
+    """Hold memory past the worker's pause threshold, and keep holding it."""
+    import psutil
+    worker = get_worker()
+    target = int(worker.memory_manager.memory_limit * limit_fraction)
+    while psutil.Process().memory_info().rss < target:
+        _KEPT.append(bytearray(8 * 2**20))
+    # return only once dask's memory monitor has paused this worker
+    deadline = time.monotonic() + 20
+    while worker.status.name != "paused" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return worker.status.name
+
+
+def pauses_its_worker():
+    client = get_client()
+    assert client.submit(_keep_until_paused, 0.88, pure=False).result() == "paused"
+    # the worker is paused now: this task never starts
+    return client.submit(sum, [1, 2], pure=False).result()
 
 
 def _start_grandchild(_):

@@ -145,6 +145,25 @@ def test_cancel_from_another_thread(records):
     check_failed_record(records, "cancelled")
 
 
+def test_cancel_while_workers_start_closes_promptly(records):
+    # the nannies are mid-start: a plain close waits on them, then times out
+    holder = {}
+
+    def on_event(ev):
+        if ev["topic"] == "daskjob.lifecycle" and ev["data"].get("event") == "provisioned":
+            holder["run"].cancel(reason="stop now")
+
+    run = holder["run"] = JobRun(spec(records, "jobs:sleeps", params={"seconds": 120}),
+                                 on_event=on_event)
+    t = time.monotonic()
+    with pytest.raises(JobCancelled):
+        run.run()
+    took = time.monotonic() - t
+    rec, _ = check_failed_record(records, "cancelled")
+    assert rec["teardown"]["cluster"] == "closed"
+    assert took < 15, f"cancel during worker start took {took:.1f}s"
+
+
 def test_keyboard_interrupt_tears_down(records):
     timer = threading.Timer(8, os.kill, args=(os.getpid(), signal.SIGINT))
     timer.start()
@@ -175,6 +194,14 @@ def test_worker_over_memory_limit(records):
     assert "KilledWorker" in str(info.value) or "died" in str(info.value)
     rec, events = check_failed_record(records, "failed")
     assert "worker died" in lifecycle(events)
+
+
+def test_workers_paused_at_memory_limit_are_named_in_the_timeout(records):
+    with pytest.raises(JobTimedOut, match="paused at their memory limit"):
+        run_job(spec(records, "jobs:pauses_its_worker", timeout="6s",
+                     cluster={"n_workers": 1, "memory_per_worker": "400MiB"}))
+    rec, events = check_failed_record(records, "timed_out")
+    assert "worker paused" in lifecycle(events)
 
 
 def test_reference_that_does_not_import(records, tmp_path, monkeypatch):
