@@ -171,6 +171,10 @@ class JobRun:
         if not self._cancel.is_set():
             self._cancel_reason = reason
             self._cancel.set()
+        cluster = self._cluster
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                self.backend.stop_restarts(cluster)
 
     def task_progress(self) -> dict[str, int] | None:
         """Tasks added/done/erred so far on the run's scheduler (None before it exists)."""
@@ -600,6 +604,9 @@ class JobRun:
     def _close_everything(self, collector: Collector | None) -> dict[str, Any]:
         grace = float(_config_seconds("teardown.grace"))
         outcome: dict[str, Any] = {"cluster": "not started", "killed_processes": []}
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self.backend.stop_restarts(self._cluster)
         if collector is not None:
             collector.cluster_closing()
         if self._script is not None and self._script.poll() is None:

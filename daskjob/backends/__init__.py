@@ -77,6 +77,10 @@ class Backend:
     def dashboard_link(self, cluster: Any) -> str | None:
         return getattr(cluster, "dashboard_link", None)
 
+    def stop_restarts(self, cluster: Any) -> None:
+        """The run is ending: workers that die from now on are not replaced. Called from
+        signal handlers (must only set flags)."""
+
     def process_ids(self, cluster: Any) -> list[int]:
         """Pids of processes this machine runs for the cluster (killed if close fails)."""
         return []

@@ -68,6 +68,7 @@ class RecordingNanny(Nanny):
     startup_error: str | None = None
     instances: list["RecordingNanny"] = []  # replaced by a fresh list per cluster
     drop_env: list[str] = []                # likewise
+    stopping: bool = False                  # set when the run ends: no more restarts
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,6 +81,13 @@ class RecordingNanny(Nanny):
         except BaseException as e:
             self.startup_error = "".join(traceback.format_exception(e)).rstrip()
             raise
+
+    async def _on_worker_exit(self, exitcode):
+        if self.stopping:
+            # the run is ending: a worker that dies now (e.g. from the SIGTERM Airflow
+            # sends the task's whole process group) stays dead instead of being respawned
+            return
+        await super()._on_worker_exit(exitcode)
 
     async def instantiate(self):
         # also when the nanny restarts a worker that died mid-run
@@ -138,7 +146,13 @@ class LocalBackend(Backend):
             **options,
         )
         cluster._daskjob_nannies = nanny_class.instances
+        cluster._daskjob_nanny_class = nanny_class
         return cluster
+
+    def stop_restarts(self, cluster: Any) -> None:
+        nanny_class = getattr(cluster, "_daskjob_nanny_class", None)
+        if nanny_class is not None:
+            nanny_class.stopping = True
 
     def process_ids(self, cluster: Any) -> list[int]:
         pids = []
