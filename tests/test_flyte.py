@@ -16,7 +16,11 @@ import time
 
 import pytest
 
+# flytekit, when imported, replaces this process's SIGINT handler with one that exits
+# with 1; later tests in the same process expect Ctrl-C to raise KeyboardInterrupt
+_SIGINT = signal.getsignal(signal.SIGINT)
 pytest.importorskip("flytekit")
+signal.signal(signal.SIGINT, _SIGINT)
 
 import dask.config  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -31,6 +35,12 @@ from flyte_plugin import (DaskTaskFailed, DaskTaskStartupFailed, dask_task,  # n
 pytestmark = pytest.mark.usefixtures("no_leaks")
 DATE = "2026-11-20"
 ROWS = 5000
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_before():
+    yield
+    signal.signal(signal.SIGINT, _SIGINT)
 
 
 @pytest.fixture
