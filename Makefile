@@ -36,6 +36,9 @@ demo: setup
 	  > .airflow/dags-test.log 2>&1 || (tail -40 .airflow/dags-test.log; exit 1)
 	grep -E "daskjob run .* (succeeded|failed)|Marking run" .airflow/dags-test.log
 	$(BIN)/daskjob show runs
+	# the same ETL as a Flyte workflow, through `pyflyte run` (local execution)
+	$(BIN)/pyflyte run workflows/nightly_etl.py nightly_etl --date $(DATE) --rows 200000
+	$(BIN)/daskjob show runs
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
