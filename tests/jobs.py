@@ -128,3 +128,14 @@ def grandchild_then_sleep(seconds: float = 120):
     pid = client.submit(_start_grandchild, 0, pure=False).result()
     daskjob.event("test.grandchild", pid=pid)
     return client.submit(_sleep, seconds, pure=False).result()
+
+
+def _main_file(_):
+    import sys
+    return getattr(sys.modules["__main__"], "__file__", None)
+
+
+def workers_main_file():
+    """Which main script the workers ran before starting (None: none)."""
+    client = get_client()
+    return sorted({str(f) for f in client.gather(client.map(_main_file, range(4), pure=False))})

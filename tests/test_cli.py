@@ -56,6 +56,18 @@ def test_run_succeeds_and_show_summarises(tmp_path, records):
     assert "succeeded" in show.stdout and "phase payload" in show.stdout
 
 
+def test_workers_do_not_rerun_a_console_script(tmp_path, records):
+    # `daskjob`, like `pyflyte` or `airflow`, is a console script: spawned workers would
+    # re-run it (importing the whole tool) before starting
+    script = os.path.join(os.path.dirname(sys.executable), "daskjob")
+    job = job_file(tmp_path, records, "jobs:workers_main_file")
+    proc = subprocess.run([script, "run", str(job)], env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    rec = json.load(open(os.path.join(only_run(records), "record.json")))
+    assert rec["result"]["value"] == ["None"], rec["result"]
+
+
 def test_failing_payload_exits_1(tmp_path, records):
     job = job_file(tmp_path, records, "jobs:raises_on_worker")
     proc = subprocess.run(DASKJOB + ["run", str(job)], env=ENV, capture_output=True, text=True,

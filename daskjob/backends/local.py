@@ -7,6 +7,8 @@ import fnmatch
 import inspect
 import logging
 import os
+import sys
+import sysconfig
 import threading
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,57 @@ class _ScrubbedEnviron:
 _SPAWN_ENV = _ScrubbedEnviron()
 
 
+def _is_console_script(path: str | None) -> bool:
+    if not path:
+        return False
+    folder = os.path.dirname(os.path.realpath(path))
+    scripts = {os.path.realpath(sysconfig.get_path("scripts")),
+               os.path.realpath(os.path.dirname(sys.executable))}
+    return folder in scripts
+
+
+class _MainNotRerun:
+    """Keep spawned workers from re-running a console script's __main__.
+
+    multiprocessing's spawn re-runs the parent's main script in every child before the
+    worker starts. When the parent is a tool's entry point (`pyflyte`, `airflow`,
+    `pyflyte-execute`) that means importing the tool's whole CLI in each worker — about
+    8 s per worker under pyflyte on a busy machine, and under Airflow's task runner an
+    import of airflow with settings the worker must not have. Such a wrapper script has
+    nothing a payload needs (user code in a script of its own is still re-run), so its
+    `__file__` is hidden from spawn while workers start. Reference counted like the
+    environment scrub, since clusters in one process can start workers concurrently.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._hidden: str | None = None
+
+    @contextlib.contextmanager
+    def hidden(self):
+        main = sys.modules.get("__main__")
+        if main is None or getattr(main, "__spec__", None) is not None or not (
+                self._depth or _is_console_script(getattr(main, "__file__", None))):
+            yield
+            return
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                self._hidden = main.__dict__.pop("__file__", None)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._hidden is not None:
+                    main.__file__ = self._hidden
+                    self._hidden = None
+
+
+_MAIN = _MainNotRerun()
+
+
 class RecordingNanny(Nanny):
     """A Nanny that keeps the reason its worker process failed to start, that is
     findable while it starts (SpecCluster lists workers only once they have started),
@@ -76,7 +129,7 @@ class RecordingNanny(Nanny):
 
     async def start_unsafe(self):
         try:
-            with _SPAWN_ENV.scrubbed(self.drop_env):
+            with _SPAWN_ENV.scrubbed(self.drop_env), _MAIN.hidden():
                 return await super().start_unsafe()
         except BaseException as e:
             self.startup_error = "".join(traceback.format_exception(e)).rstrip()
@@ -91,7 +144,7 @@ class RecordingNanny(Nanny):
 
     async def instantiate(self):
         # also when the nanny restarts a worker that died mid-run
-        with _SPAWN_ENV.scrubbed(self.drop_env):
+        with _SPAWN_ENV.scrubbed(self.drop_env), _MAIN.hidden():
             return await super().instantiate()
 
 
