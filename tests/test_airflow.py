@@ -154,6 +154,7 @@ def test_nightly_etl_dag_writes_the_partition(capfd):
     assert "dask event etl.partition" in capfd.readouterr().out
 
 
+@pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine
 def test_tpot_search_dag_puts_the_best_score_in_xcom(capfd):
     import importlib.util
     if importlib.util.find_spec("tpot") is None:  # (importing it here costs ~15 s)
@@ -325,6 +326,7 @@ def run_with_local_executor(api_url: str, folder: str, dag_id: str, date: str = 
     return ExecutorRun(api_url, folder, dag_id, date, parallelism).result()
 
 
+@pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine
 def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
     """LocalExecutor: each task runs in Airflow's supervised task process, whose environment
     (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///) must not reach workers."""
@@ -338,6 +340,7 @@ def test_real_task_runner_with_a_payload_from_the_dag_file(execution_api):
     assert rec["driver"]["pid"] != os.getpid()  # really ran in another (supervised) process
 
 
+@pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine
 def test_six_dask_tasks_at_once(execution_api):
     dr = run_with_local_executor(execution_api, FAULT_DAGS, "dask_six_at_once", parallelism=6)
     assert dr["state"] == "success"
@@ -391,6 +394,7 @@ def _gone(proc) -> bool:
         return True
 
 
+@pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine
 def test_marking_a_running_task_failed_cancels_the_run(execution_api):
     """Airflow's kill: the task's state is set to failed while it runs. The supervisor's
     next heartbeat is refused (409), it sends SIGTERM to the task's process group, the

@@ -141,6 +141,7 @@ def test_nightly_launch_plan_runs_locally_with_deck_and_live_logs(flyte_dirs, fl
     assert 'id="daskjob-events"' in copy
 
 
+@pytest.mark.timeout(300)  # above the run's own bound; TPOT imports are slow on a busy machine
 def test_tpot_workflow_returns_the_best_score(flyte_dirs):
     pytest.importorskip("tpot")
     from workflows.tpot_search import tpot_search
@@ -161,6 +162,7 @@ def test_tpot_workflow_returns_the_best_score(flyte_dirs):
     assert search_rec["events"]["topics"].get("tpot.done") == 1
 
 
+@pytest.mark.timeout(300)  # above the run's own bound; TPOT imports are slow on a busy machine
 def test_pyflyte_run_from_the_repo_root(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
     env.update({"DASKJOB_DATA_DIR": str(tmp_path / "data"),
