@@ -94,6 +94,9 @@ class ClusterSpec(_Strict):
     worker_death_timeout: str | float = Field(
         default_factory=lambda: _default("cluster.worker-death-timeout"))
     preload: list[str] = Field(default_factory=list)
+    # TLS between client, scheduler and workers with temporary credentials made per run;
+    # None: the backend's default (on for every backend whose processes talk over a network)
+    tls: bool | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     # credentials for the backend (a gateway password, a TLS key): never logged, never
     # written to the record (they dump as "***")

@@ -139,3 +139,21 @@ def workers_main_file():
     """Which main script the workers ran before starting (None: none)."""
     client = get_client()
     return sorted({str(f) for f in client.gather(client.map(_main_file, range(4), pure=False))})
+
+
+def plain_tcp_is_refused():
+    """From inside a TLS run: the scheduler's address, and what a client without the
+    run's credentials gets when it tries to talk to it."""
+    from distributed import Client
+    client = get_client()
+    address = client.scheduler.address
+    attempts = {}
+    for name, target in {"plain": address.replace("tls://", "tcp://", 1),
+                         "tls-without-credentials": address}.items():
+        try:
+            with Client(target, timeout="3s", set_as_default=False) as other:
+                attempts[name] = f"connected: {other.scheduler_info()['id']}"
+        except Exception as e:  # noqa: BLE001 - any failure to talk is the point
+            attempts[name] = f"refused: {type(e).__name__}"
+    return {"address": address, "attempts": attempts,
+            "workers": sorted(client.scheduler_info()["workers"])}

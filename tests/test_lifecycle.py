@@ -379,6 +379,16 @@ def test_worker_env_and_config_are_applied_and_dropped(records, monkeypatch):
     assert profile["enabled"] is False  # no performance report in these tests: no profiler
 
 
+def test_tls_cluster_refuses_a_client_without_its_credentials(records):
+    result = run_job(spec(records, "jobs:plain_tcp_is_refused", cluster={"tls": True}))
+    value = result.value
+    assert value["address"].startswith("tls://127.0.0.1:")
+    assert all(w.startswith("tls://") for w in value["workers"]) and len(value["workers"]) == 2
+    for name, outcome in value["attempts"].items():
+        assert outcome.startswith("refused"), (name, outcome)
+    assert result.record["scheduler_address"].startswith("tls://")
+
+
 def test_payload_from_a_file_loaded_under_another_name(records, tmp_path):
     """Airflow loads DAG files as `unusual_prefix_<hash>_<file>`: no folder makes that
     name importable on workers, so the module must travel by value."""

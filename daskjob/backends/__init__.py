@@ -43,6 +43,11 @@ class Backend:
     shares_filesystem: ClassVar[bool] = False
     # options keys that ClusterSpec fields already control
     reserved_options: ClassVar[frozenset[str]] = frozenset()
+    # TLS when ClusterSpec.tls is None: on for backends whose processes talk over a network
+    tls_by_default: ClassVar[bool] = False
+
+    def uses_tls(self, spec: "ClusterSpec") -> bool:
+        return self.tls_by_default if spec.tls is None else spec.tls
 
     def validate(self, spec: "ClusterSpec") -> None:
         """Raise ValueError naming the field when the spec cannot work on this backend."""

@@ -23,6 +23,10 @@ class AddressBackend(Backend):
         if "://" not in spec.address and ":" not in spec.address:
             raise ValueError(f"address: {spec.address!r} is not a scheduler address "
                              "(expected e.g. tcp://host:8786)")
+        if spec.tls:
+            raise ValueError("tls: a borrowed scheduler has its own certificates; give a "
+                             "tls:// address and set them in dask's distributed.comm.tls "
+                             "config, leaving tls unset")
         unknown = set(spec.options) - {"min_workers"}
         if unknown:
             raise ValueError(f"options: {', '.join(sorted(unknown))} not accepted by the "

@@ -17,6 +17,7 @@ import dask.config
 from dask.config import merge
 from distributed import LocalCluster, Nanny, Worker
 from distributed.core import Status
+from distributed.security import Security
 
 from . import Backend, ClusterContext, register_backend
 
@@ -162,7 +163,7 @@ class LocalBackend(Backend):
     reserved_options = frozenset({
         "n_workers", "threads_per_worker", "memory_limit", "processes", "host",
         "scheduler_port", "dashboard_address", "env", "worker_class", "death_timeout",
-        "preload", "asynchronous", "silence_logs",
+        "preload", "asynchronous", "silence_logs", "security", "protocol",
     })
 
     def validate(self, spec: "ClusterSpec") -> None:
@@ -196,6 +197,8 @@ class LocalBackend(Backend):
             preload=list(spec.preload) or None,
             silence_logs=logging.WARNING,
             config=worker_config,
+            # loopback only, so plain TCP unless asked: then a key pair made for this run
+            security=Security.temporary() if self.uses_tls(spec) else None,
             **options,
         )
         cluster._daskjob_nannies = nanny_class.instances
