@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from daskjob.procs import labelled_processes  # noqa: E402
+from daskjob.procs import DRIVER_PID_VAR, driver_alive, labelled_processes  # noqa: E402
 
 LEAK_WAIT = 10.0  # seconds a test's processes get to disappear
 RUN_SLOW = os.environ.get("DASKJOB_SLOW_TESTS") == "1"
@@ -46,7 +46,11 @@ def leftovers(baseline_children: set[int], baseline_ports: set) -> dict[str, lis
     me = psutil.Process()
     children = [p for p in me.children(recursive=True)
                 if p.pid not in baseline_children and not _is_helper(p)]
-    labelled = [p for p, _ in labelled_processes()]
+    # processes of runs whose driver is gone (orphans), or is this process or one of its
+    # children; a live run of some other process on the machine is not this test's leak
+    ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    labelled = [p for p, env in labelled_processes()
+                if not driver_alive(env) or int(env.get(DRIVER_PID_VAR, "0")) in ours]
     ports = {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     return {"children": children, "labelled": labelled, "ports": sorted(ports - baseline_ports)}
 
