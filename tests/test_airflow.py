@@ -303,16 +303,36 @@ class ExecutorRun:
                                      start_new_session=True)
 
     def result(self, timeout: float = 600) -> dict:
+        import re
+        import time
+
+        # LocalExecutor's shutdown sometimes waits forever on a worker process that has
+        # already exited (seen: the DagRun finished, then "Shutting down LocalExecutor"
+        # and no end). The run's outcome is logged before that, so read it from there.
+        finished = re.compile(r"DagRun Finished: dag_id=\S+, .*?run_id=([^,]+), .*?state=(\w+)")
+        deadline = time.monotonic() + timeout
+        grace_until = None
         try:
-            self.proc.wait(timeout)
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                if grace_until is None and finished.search(self._read(self.out)):
+                    grace_until = time.monotonic() + 20
+                if grace_until is not None and time.monotonic() > grace_until:
+                    break
+                time.sleep(0.5)
         finally:
             self.stop()
-        self.out.seek(0)
-        self.err.seek(0)
-        stdout, stderr = self.out.read(), self.err.read()
+        stdout, stderr = self._read(self.out), self._read(self.err)
         lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-        assert lines, (stdout[-3000:], stderr[-3000:])
-        return json.loads(lines[-1][len("RESULT "):])
+        if lines:
+            return json.loads(lines[-1][len("RESULT "):])
+        match = finished.search(stdout)
+        assert match, (stdout[-3000:], stderr[-3000:])
+        return {"state": match.group(2), "run_id": match.group(1)}
+
+    @staticmethod
+    def _read(f) -> str:
+        f.seek(0)
+        return f.read()
 
     def stop(self) -> None:
         """Ends the run if it is still going (its task processes are the leak check's)."""
