@@ -3,10 +3,10 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= test,report,tpot,airflow,flyte
+EXTRAS  ?= test,report,tpot,airflow,flyte,ssh,slurm,gateway,kubernetes
 STAMP   := $(VENV)/.installed-$(subst ,,$(EXTRAS))
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup services demo test test-slow bench clean
 
 $(BIN)/python:
 	$(PY) -m pip install --quiet --disable-pip-version-check uv || true
@@ -40,12 +40,18 @@ demo: setup
 	$(BIN)/pyflyte run workflows/nightly_etl.py nightly_etl --date $(DATE) --rows 200000
 	$(BIN)/daskjob show runs
 
-test: setup
-	$(BIN)/python -m pytest -q -ra
+# the backend tests run against real sshd, Slurm and dask-gateway-server on loopback:
+# installed (as root, with apt) and started here, stopped after
+services: setup
+	bash scripts/services/install.sh
+	-PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/services/up.sh
+
+test: setup services
+	$(BIN)/python -m pytest -q -ra; rc=$$?; bash scripts/services/down.sh; exit $$rc
 
 # also the minutes-long tests
-test-slow: setup
-	DASKJOB_SLOW_TESTS=1 $(BIN)/python -m pytest -q -ra
+test-slow: setup services
+	DASKJOB_SLOW_TESTS=1 $(BIN)/python -m pytest -q -ra; rc=$$?; bash scripts/services/down.sh; exit $$rc
 
 bench: setup
 	$(BIN)/python bench/overhead.py

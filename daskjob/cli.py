@@ -147,24 +147,64 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reap_specs(args: argparse.Namespace) -> list:
+    """The ClusterSpecs that say how to reach each backend's cluster manager: a job
+    file's cluster for its own backend, else that backend's defaults."""
+    from .spec import ClusterSpec, JobSpec, load_yaml
+    cluster = None
+    if args.job:
+        data = load_yaml(args.job)
+        cluster = JobSpec.parse(data).cluster if "payload" in data else ClusterSpec.parse(data)
+    names = args.backend or ([cluster.backend] if cluster is not None else [])
+    specs = []
+    for name in dict.fromkeys(names):
+        if name == "local":
+            continue  # processes on this machine are always looked for
+        specs.append(cluster if cluster is not None and cluster.backend == name
+                     else ClusterSpec.parse({"backend": name}))
+    return specs
+
+
 def cmd_reap(args: argparse.Namespace) -> int:
     from .durations import seconds
-    from .reap import find_orphans, reap
+    from .reap import find_backend_leftovers, find_orphans, reap, stop_backend_leftovers
     older = seconds(args.older_than, field="--older-than") if args.older_than not in ("0", "0s") else 0.0
+    specs = _reap_specs(args)
     orphans = find_orphans(older_than=older or 0.0)
-    if not orphans:
+    leftovers = [(spec, find_backend_leftovers(spec, older)) for spec in specs]
+    if not orphans and not any(found for _, found in leftovers):
         out.print("nothing to reap")
         return 0
-    t = Table("run id", "pid", "age", "command", title="left behind by killed runs")
-    for o in orphans:
-        t.add_row(o.run_id, str(o.pid), f"{o.age_s:.0f}s", o.command[:80])
-    out.print(t)
+    if orphans:
+        t = Table("run id", "pid", "age", "command", title="processes left behind by killed runs")
+        for o in orphans:
+            t.add_row(o.run_id, str(o.pid), f"{o.age_s:.0f}s", o.command[:80])
+        out.print(t)
+    for spec, found in leftovers:
+        if not found:
+            continue
+        t = Table("run id", "name", "age", "detail",
+                  title=f"{spec.backend}: clusters left behind by killed runs")
+        for lo in found:
+            t.add_row(lo.run_id, lo.name, "?" if lo.age_s is None else f"{lo.age_s:.0f}s",
+                      lo.detail[:80])
+        out.print(t)
+    total = len(orphans) + sum(len(found) for _, found in leftovers)
     if args.dry_run:
-        out.print(f"{len(orphans)} process(es) would be stopped (--dry-run)")
+        out.print(f"{total} would be stopped (--dry-run)")
         return 0
-    stopped = reap(orphans)
-    out.print(f"stopped {len(stopped)} process(es)")
-    return 0
+    failed = 0
+    if orphans:
+        stopped = reap(orphans)
+        out.print(f"stopped {len(stopped)} process(es)")
+    for spec, found in leftovers:
+        for lo, error in stop_backend_leftovers(spec, found):
+            if error:
+                failed += 1
+                out.print(f"[red]could not stop {spec.backend} {lo.name}: {error}[/]")
+            else:
+                out.print(f"stopped {spec.backend} {lo.name} (run {lo.run_id})")
+    return 1 if failed else 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -190,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("record")
     s.add_argument("--json", action="store_true", help="print the whole record.json")
     s.set_defaults(fn=cmd_show)
-    k = sub.add_parser("reap", help="stop processes left behind by killed runs")
+    k = sub.add_parser("reap", help="stop clusters and processes left behind by killed runs")
     k.add_argument("--older-than", default="0s", help="only runs started at least this long ago (e.g. 1h)")
+    k.add_argument("--backend", action="append", metavar="NAME",
+                   help="also look on this backend's cluster manager (repeatable; processes on "
+                        "this machine are always looked for)")
+    k.add_argument("--job", metavar="FILE",
+                   help="job or cluster YAML whose cluster section says how to reach the "
+                        "cluster manager (address, options, secrets)")
     k.add_argument("--dry-run", action="store_true", help="list, do not stop")
     k.set_defaults(fn=cmd_reap)
     d = sub.add_parser("demo-data", help="write a day's synthetic bank-marketing CSV drop")

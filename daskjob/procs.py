@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import Iterable
 
@@ -20,6 +21,44 @@ LABELS_VAR = "DASKJOB_LABELS"
 DRIVER_PID_VAR = "DASKJOB_DRIVER_PID"
 DRIVER_START_VAR = "DASKJOB_DRIVER_START"
 STARTED_VAR = "DASKJOB_STARTED"
+
+
+# Labels on clusters that live outside this machine's process table (Slurm jobs, gateway
+# clusters, DaskCluster resources). Values fit a Kubernetes label value.
+DRIVER_LABEL = "daskjob/driver"    # host_pid_start of the process driving the run
+STARTED_LABEL = "daskjob/started"  # unix seconds
+
+
+def driver_labels() -> dict[str, str]:
+    me = psutil.Process()
+    host = socket.gethostname().split(".")[0][:40] or "host"
+    return {DRIVER_LABEL: f"{host}_{me.pid}_{int(me.create_time())}",
+            STARTED_LABEL: str(int(time.time()))}
+
+
+def driver_label_alive(value: str | None) -> bool | None:
+    """Is the driver a DRIVER_LABEL names still running? None when it ran on another
+    host (or the label is missing): then only the age tells."""
+    try:
+        host, pid, start = (value or "").rsplit("_", 2)
+        pid_n, start_n = int(pid), int(start)
+    except ValueError:
+        return None
+    if host != (socket.gethostname().split(".")[0][:40] or "host"):
+        return None
+    try:
+        proc = psutil.Process(pid_n)
+        return (abs(int(proc.create_time()) - start_n) <= 1
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def label_age(labels: dict[str, str], now: float | None = None) -> float | None:
+    try:
+        return (now or time.time()) - float(labels[STARTED_LABEL])
+    except (KeyError, ValueError):
+        return None
 
 
 def label_env(run_id: str, labels: dict[str, str]) -> dict[str, str]:

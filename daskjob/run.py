@@ -39,7 +39,7 @@ from .errors import JobCancelled, JobFailed, JobTimedOut, SpecError, StartupFail
 from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
                       _emit_barrier)
 from .payload import ResolvedPayload, module_source, resolve
-from .procs import label_env, process_tree, stop_run_processes, terminate
+from .procs import driver_labels, label_env, process_tree, stop_run_processes, terminate
 from .record import RecordDir, redact
 from .spec import JobSpec, describe_payload, load_yaml
 
@@ -279,7 +279,7 @@ class JobRun:
         deadline = time.monotonic() + spec.startup_timeout_s
         payload = resolve(spec.payload)
         ctx = ClusterContext(
-            run_id=self.run_id, labels=self._labels(),
+            run_id=self.run_id, labels={**self._labels(), **driver_labels()},
             worker_env={**spec.cluster.env, **self.extra_worker_env,
                         **label_env(self.run_id, self._labels())},
             drop_env=[*spec.cluster.drop_env, *self.extra_drop_env],

@@ -21,10 +21,24 @@ ENTRY_POINT_GROUP = "daskjob.backends"
 
 
 @dataclass
+class Leftover:
+    """A cluster (or job, or resource) a run left behind, as a backend's reaper sees it."""
+
+    backend: str
+    run_id: str
+    name: str              # what the cluster manager calls it: job id, cluster name, ...
+    age_s: float | None    # None when the manager does not say
+    detail: str = ""
+    handle: Any = None     # whatever stop_leftover needs
+
+
+@dataclass
 class ClusterContext:
     """What a backend needs to know about the run it provisions for."""
 
     run_id: str
+    # the run's labels plus daskjob/driver and daskjob/started (see procs.driver_labels):
+    # put them wherever the cluster manager keeps labels, so the reaper can find them
     labels: dict[str, str]
     # environment for worker processes: ClusterSpec.env plus the run's identity labels
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -93,6 +107,17 @@ class Backend:
     def close(self, cluster: Any, timeout: float) -> None:
         cluster.close(timeout=timeout)
 
+    # -- reaper: clusters left by killed runs (`daskjob reap --backend NAME`) --
+
+    def find_leftovers(self, spec: "ClusterSpec", older_than: float) -> list[Leftover]:
+        """Clusters labelled by daskjob whose driver is gone (or runs on another host and
+        they are at least `older_than` seconds old). `spec` says how to reach the
+        cluster manager. Processes on this machine are found by daskjob.reap itself."""
+        return []
+
+    def stop_leftover(self, spec: "ClusterSpec", leftover: Leftover) -> None:
+        raise NotImplementedError(f"backend {self.name!r} cannot stop {leftover.name}")
+
 
 _REGISTRY: dict[str, type[Backend]] = {}
 _entry_points_loaded = False
@@ -142,6 +167,13 @@ def get_backend(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(backend_names())}") from None
 
 
-# built-in backends register themselves on import
-from . import address as _address  # noqa: E402,F401
-from . import local as _local  # noqa: E402,F401
+# built-in backends register themselves on import; each imports its cluster manager's
+# library (an optional extra) only when it is used
+import importlib as _importlib  # noqa: E402
+
+for _module in ("address", "local", "ssh", "jobqueue", "gateway", "kubernetes"):
+    try:
+        _importlib.import_module(f"{__name__}.{_module}")
+    except ModuleNotFoundError as _e:  # not written yet
+        if _e.name != f"{__name__}.{_module}":
+            raise
