@@ -20,6 +20,12 @@ from daskjob.procs import DRIVER_PID_VAR, driver_alive, labelled_processes  # no
 LEAK_WAIT = 10.0  # seconds a test's processes get to disappear
 RUN_SLOW = os.environ.get("DASKJOB_SLOW_TESTS") == "1"
 
+# Every process this pytest process starts (drivers, workers, their children) inherits
+# this, so that with pytest-xdist one worker's leak check leaves the other's runs alone.
+SESSION_VAR = "DASKJOB_TEST_SESSION"
+os.environ[SESSION_VAR] = str(os.getpid())
+IN_XDIST = "PYTEST_XDIST_WORKER" in os.environ
+
 
 def pytest_collection_modifyitems(config, items):
     # minutes-long tests (input several times the cluster's memory) run on demand:
@@ -42,6 +48,19 @@ def _is_helper(proc: psutil.Process) -> bool:
         return True
 
 
+def _ours(env: dict[str, str], ours: set[int]) -> bool:
+    """A labelled process is this test's business if its run's driver is gone (an
+    orphan) or is this process or one of its children."""
+    session = env.get(SESSION_VAR)
+    if session is not None and session != os.environ[SESSION_VAR]:
+        return False  # started by another pytest process
+    if not driver_alive(env):
+        # an orphan; one started over ssh or by a gateway does not carry SESSION_VAR, so
+        # beside another xdist worker it could be theirs (those tests check their own)
+        return session is not None or not IN_XDIST
+    return int(env.get(DRIVER_PID_VAR, "0")) in ours
+
+
 def leftovers(baseline_children: set[int], baseline_ports: set) -> dict[str, list]:
     me = psutil.Process()
     children = [p for p in me.children(recursive=True)
@@ -49,8 +68,7 @@ def leftovers(baseline_children: set[int], baseline_ports: set) -> dict[str, lis
     # processes of runs whose driver is gone (orphans), or is this process or one of its
     # children; a live run of some other process on the machine is not this test's leak
     ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
-    labelled = [p for p, env in labelled_processes()
-                if not driver_alive(env) or int(env.get(DRIVER_PID_VAR, "0")) in ours]
+    labelled = [p for p, env in labelled_processes() if _ours(env, ours)]
     ports = {c.laddr for c in me.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     return {"children": children, "labelled": labelled, "ports": sorted(ports - baseline_ports)}
 
