@@ -89,6 +89,7 @@ class Emulator:
             emu.resources[f"v1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, singular=singular, namespaced=True, verbs=VERBS, subresources=subs)
         emu["get /version/"] << {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+        emu["get /api/"] << {"kind": "APIVersions", "versions": ["v1"]}
         self.emu = emu
         async with emu, kmock.Server(emu) as server:
             self.url = str(server.url).rstrip("/")
@@ -153,3 +154,137 @@ def kubeconfig_env(path: str) -> Iterator[None]:
             os.environ.pop("KUBECONFIG", None)
         else:
             os.environ["KUBECONFIG"] = old
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PlayedOperator:
+    """What the Dask operator and the kubelet would do, played on loopback.
+
+    For each DaskCluster created in the emulator: run its scheduler container's args as a
+    local process (`dask` -> `python -m dask`, listening on 127.0.0.1), mark the
+    DaskCluster Running, add a Ready scheduler Pod and a LoadBalancer Service whose
+    ingress is 127.0.0.1, and a DaskWorkerGroup; when the worker group's replicas change,
+    run that many worker containers' args as local processes (with the container env and
+    DASK_SCHEDULER_ADDRESS, as the operator sets it); when the DaskCluster is deleted,
+    stop all of them (the operator's cascade). The container args, env and resources are
+    the backend's, unchanged apart from the listening addresses.
+    """
+
+    def __init__(self, emulator: Emulator, python: str):
+        self.em = emulator
+        self.python = python
+        self.procs: dict[str, list] = {}      # cluster name -> Popen list (scheduler first)
+        self.ports: dict[str, int] = {}
+        self.workers: dict[str, int] = {}
+        self.log_dir = os.path.join(emulator.folder, "pods")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="played-operator", daemon=True)
+
+    def __enter__(self) -> "PlayedOperator":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for name in list(self.procs):
+            self._stop_cluster(name)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self._tick()
+            except Exception as e:  # noqa: BLE001 - shown to the test through stop errors
+                print(f"played operator: {type(e).__name__}: {e}", flush=True)
+
+    def _command(self, container: dict, extra_env: dict[str, str], replace: dict[str, str],
+                 add: list[str], log: str):
+        import subprocess
+        args = [replace.get(a, a) for a in container["args"]]
+        if args[0] == "dask":
+            args = [self.python, "-m", "dask", *args[1:]]
+        env = {**os.environ, **{e["name"]: e["value"] for e in container.get("env") or []},
+               **extra_env}
+        env.pop("KUBECONFIG", None)
+        return subprocess.Popen(args + add, env=env, stdout=open(log, "ab"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def _tick(self) -> None:
+        clusters = self.em.objects("daskclusters")
+        live = {name for _, name in clusters}
+        for name in list(self.procs):
+            if name not in live:
+                self._stop_cluster(name)
+        for (ns, name), body in clusters.items():
+            if name not in self.procs:
+                self._start_cluster(ns, name, body)
+        for (ns, wg_name), wg in self.em.objects("daskworkergroups").items():
+            cluster = wg["spec"]["cluster"]
+            if cluster in self.procs:
+                want = int(wg["spec"]["worker"].get("replicas") or 0)
+                while self.workers[cluster] < want:
+                    self._start_worker(cluster, wg)
+
+    def _start_cluster(self, ns: str, name: str, body: dict) -> None:
+        port, dash = _free_port(), _free_port()
+        sched = body["spec"]["scheduler"]["spec"]["containers"][0]
+        p = self._command(sched, {}, {"0.0.0.0": "127.0.0.1"},
+                          ["--port", str(port), "--dashboard-address", f"127.0.0.1:{dash}"],
+                          os.path.join(self.log_dir, f"{name}-scheduler.log"))
+        self.procs[name] = [p]
+        self.ports[name] = port
+        self.workers[name] = 0
+        labels = {**(body["metadata"].get("labels") or {}),
+                  "dask.org/cluster-name": name, "dask.org/component": "scheduler"}
+
+        def apply(emu):
+            emu.objects[f"{DASK_GROUP}/daskclusters", ns, name].patch(
+                {"status": {"phase": "Running"}})
+            emu.objects["v1/pods", ns, f"{name}-scheduler"] = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{name}-scheduler", "namespace": ns, "labels": labels},
+                "status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "ContainersReady", "status": "True"}]}}
+            emu.objects["v1/services", ns, f"{name}-scheduler"] = {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": f"{name}-scheduler", "namespace": ns, "labels": labels},
+                "spec": {"type": "LoadBalancer", "selector": {
+                    "dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+                    "ports": [{"name": "tcp-comm", "port": port, "targetPort": "tcp-comm"},
+                              {"name": "http-dashboard", "port": dash,
+                               "targetPort": "http-dashboard"}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}}}
+            emu.objects[f"{DASK_GROUP}/daskworkergroups", ns, f"{name}-default"] = {
+                "apiVersion": DASK_GROUP, "kind": "DaskWorkerGroup",
+                "metadata": {"name": f"{name}-default", "namespace": ns,
+                             "labels": {"dask.org/cluster-name": name}},
+                "spec": {"cluster": name, "worker": body["spec"]["worker"]}}
+        self.em.call(apply)
+
+    def _start_worker(self, cluster: str, wg: dict) -> None:
+        n = self.workers[cluster]
+        wname = f"{cluster}-default-worker-{n}"
+        container = wg["spec"]["worker"]["spec"]["containers"][0]
+        p = self._command(container,
+                          {"DASK_WORKER_NAME": wname,
+                           "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{self.ports[cluster]}"},
+                          {"$(DASK_WORKER_NAME)": wname, "8788": "127.0.0.1:0"},
+                          ["--host", "127.0.0.1"], os.path.join(self.log_dir, f"{wname}.log"))
+        self.procs[cluster].append(p)
+        self.workers[cluster] += 1
+
+    def _stop_cluster(self, name: str) -> None:
+        from daskjob.procs import process_tree, terminate
+        procs = self.procs.pop(name, [])
+        terminate([p for p in process_tree([p.pid for p in procs]) if p.is_running()], grace=5)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.wait(5)

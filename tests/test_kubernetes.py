@@ -40,7 +40,7 @@ from daskjob.errors import SpecError  # noqa: E402
 from daskjob.procs import DRIVER_LABEL, STARTED_LABEL, driver_labels  # noqa: E402
 
 from conftest import REPO, only_run  # noqa: E402
-from k8s_emulator import Emulator, kubeconfig_env  # noqa: E402
+from k8s_emulator import Emulator, PlayedOperator, kubeconfig_env  # noqa: E402
 
 K8S = "kubernetes"
 DASKCLUSTERS = "/apis/kubernetes.dask.org/v1/namespaces/default/daskclusters"
@@ -236,6 +236,84 @@ def test_run_without_operator_deletes_its_daskcluster(tmp_path, records):
         assert wait_gone(emu) < 10
         assert len(posted_clusters(emu)) == 2
         assert posted_clusters(emu)[1]["metadata"]["name"] in deleted(emu)
+
+
+# The payload lives in a module of its own, as a user's would: daskjob ships its source to
+# workers that do not share the driver's filesystem. Its tasks use library functions only:
+# the scheduler unpickles task graphs and never gets the payload module.
+PAYLOAD = textwrap.dedent("""
+    import logging
+    import os
+
+    import dask.array as da
+
+
+    def note():
+        logging.getLogger("distributed.worker").warning(
+            "etl step on a kubernetes worker (ETL_MODE=%s)", os.environ.get("ETL_MODE"))
+        return os.environ.get("DASKJOB_RUN_ID")
+
+
+    def etl_sum(n, client):
+        run_ids = set(client.run(note).values())
+        assert len(run_ids) == 1 and None not in run_ids, run_ids
+        return int(da.arange(n, chunks=n // 4).sum().compute())
+""")
+
+
+def import_payload(folder, name):
+    import importlib
+    (folder / f"{name}.py").write_text(PAYLOAD)
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_run_with_played_operator_succeeds_and_deletes(tmp_path, records):
+    """The whole lifecycle through KubeCluster against the emulator, with the operator's
+    part played by the test (PlayedOperator: the backend's scheduler and worker container
+    args run as local processes, reachable through a LoadBalancer Service on 127.0.0.1):
+    the run scales the worker group, runs its payload, keeps worker logs and events, and
+    its teardown DELETES the DaskCluster (whose deletion stops the processes)."""
+    with Emulator(tmp_path) as emu, kubeconfig_env(emu.kubeconfig), \
+            PlayedOperator(emu, sys.executable) as op:
+        payload = import_payload(tmp_path, f"k8s_payload_{os.getpid()}")
+        job = {"name": "k8s-played", "payload": payload.etl_sum, "params": {"n": 4000},
+               "record_dir": str(records), "startup_timeout": "60s",
+               "performance_report": False,
+               "cluster": {"backend": K8S, "n_workers": 1, "threads_per_worker": 1,
+                           "memory_per_worker": "1GiB", "env": {"ETL_MODE": "contract"},
+                           "options": {"image": "img:1", "scheduler_service_type": "LoadBalancer",
+                                       "resource_timeout": 30}}}
+        start = time.monotonic()
+        result = run_job(job)
+        elapsed = time.monotonic() - start
+        gone_after = wait_gone(emu)
+        print(f"played-operator run: {elapsed:.1f}s; phases: " + ", ".join(
+            f"{k} {v['seconds']:.1f}s" for k, v in result.record["phases"].items()))
+        assert result.value == sum(range(4000))
+        rec = result.record
+        assert rec["status"] == "succeeded"
+        assert rec["workers"] == {"expected": 1, "started": 1}
+        assert rec["teardown"]["cluster"] == "closed"
+        body, = posted_clusters(emu)
+        name = body["metadata"]["name"]
+        assert deleted(emu) == [name] and gone_after < 10
+        assert not op.procs  # the played cascade stopped scheduler and workers
+        # worker-group scaling went through the API (KubeCluster.scale -> PATCH)
+        assert any(method == "PATCH" and path.endswith(f"/daskworkergroups/{name}-default")
+                   for method, path, _ in emu.requests())
+        # logs forwarded by the worker plugins and events, kept after teardown
+        run_dir = rec["record_path"]
+        assert rec["logs"]["lines"] > 0
+        logs = "".join(open(os.path.join(run_dir, "logs", f)).read()
+                       for f in os.listdir(os.path.join(run_dir, "logs")))
+        assert "on a kubernetes worker (ETL_MODE=contract)" in logs
+        assert rec["events"]["count"] > 0
+        assert rec["dashboard_link"] and "127.0.0.1" in rec["dashboard_link"]
 
 
 DRIVER = textwrap.dedent("""

@@ -311,11 +311,11 @@ class KubernetesBackend(Backend):
 
     # -- start ---------------------------------------------------------------------
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
+        deadline, stopped = _startup_limits(ctx)  # first: imports below take a while
         from distributed.utils import LoopRunner, sync
 
         body = build_cluster_body(spec, ctx)
         validate_cluster_body(body)
-        deadline, stopped = _startup_limits(ctx)
         name = body["metadata"]["name"]
         run_label = body["metadata"]["labels"][RUN_ID_LABEL]
         opts = _options(spec)
@@ -430,25 +430,31 @@ class _GaveUp(Exception):
 
 
 def _startup_limits(ctx: ClusterContext) -> tuple[float, Any]:
-    """(monotonic deadline, callable telling that the run was cancelled) for the start."""
+    """(monotonic time to give up at, callable telling that the run was cancelled).
+
+    The backend gives up a little before the run's own startup deadline, so that the run
+    reports this backend's reason (and that the DaskCluster was deleted) rather than a
+    bare timeout. `ctx.startup_deadline` (monotonic), when the lifecycle passes it, is
+    exact; otherwise the deadline is estimated from the live run's startup_timeout, counted
+    from now (the run's clock started a moment earlier: hence a wider margin)."""
     run = None
     with contextlib.suppress(Exception):
         from .. import run as run_module
         with run_module._LIVE_LOCK:
             run = next((r for r in run_module._LIVE if r.run_id == ctx.run_id), None)
+    now = time.monotonic()
     deadline = getattr(ctx, "startup_deadline", None)
-    if deadline is None:
+    if deadline is not None:
+        margin = min(3.0, max(0.5, 0.1 * (deadline - now)))
+    else:
         if run is not None:
-            # create() is called as the run's startup clock starts
-            deadline = time.monotonic() + run.spec.startup_timeout_s
+            total = run.spec.startup_timeout_s
         else:
             from .. import config
             from ..durations import seconds
-            deadline = time.monotonic() + seconds(config.get("startup-timeout"),
-                                                  field="startup_timeout")
-    # give up a little before the run does, so that the run reports this backend's reason
-    # (and that the DaskCluster was deleted) rather than a bare startup timeout
-    margin = min(2.0, 0.1 * max(0.0, deadline - time.monotonic()))
+            total = seconds(config.get("startup-timeout"), field="startup_timeout")
+        deadline = now + total
+        margin = min(5.0, max(1.5, 0.25 * total))
     stopped = (lambda: run.cancelled) if run is not None else (lambda: False)
     return deadline - margin, stopped
 
