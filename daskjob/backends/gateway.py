@@ -98,6 +98,18 @@ def _bounded(fn: Callable[[], Any], timeout: float, what: str) -> None:
         raise box["error"]
 
 
+def _close_gateway(gw: Any) -> None:
+    """Close a dask_gateway.Gateway once. Its close() is not idempotent and __del__ calls
+    it again, which raises once the loop is stopped: mark it closed for __del__."""
+    if getattr(gw, "_daskjob_closed", False):
+        return
+    gw._daskjob_closed = True
+    try:
+        gw.close()
+    finally:
+        gw._asynchronous = True  # __del__ does nothing for an asynchronous client
+
+
 def _auth(spec: "ClusterSpec") -> Any:
     from dask_gateway.auth import BasicAuth, JupyterHubAuth, KerberosAuth
     kind = spec.options.get("auth", "basic")
@@ -277,7 +289,7 @@ class GatewayBackend(Backend):
         try:
             opts = self._cluster_options(gw, spec, ctx)
         finally:
-            gw.close()
+            _close_gateway(gw)
         o = spec.options
         try:
             cluster = GatewayCluster(
@@ -365,7 +377,7 @@ class GatewayBackend(Backend):
         state["closed"] = True
         with contextlib.suppress(Exception):
             cluster.status = "closed"  # nothing left for its atexit/__del__ close to do
-            gw.close()
+            _close_gateway(gw)
 
     # ------------------------------------------------------------------ reaper
     def find_leftovers(self, spec: "ClusterSpec", older_than: float) -> list[Leftover]:
@@ -374,7 +386,7 @@ class GatewayBackend(Backend):
         try:
             reports = _call(gw, gw._clusters)  # pending and running
         finally:
-            gw.close()
+            _close_gateway(gw)
         found = []
         now = time.time()
         for report in reports:
@@ -408,4 +420,4 @@ class GatewayBackend(Backend):
         try:
             _call(gw, gw._stop_cluster, leftover.handle or leftover.name)
         finally:
-            gw.close()
+            _close_gateway(gw)
