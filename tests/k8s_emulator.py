@@ -89,7 +89,11 @@ class Emulator:
             emu.resources[f"v1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, singular=singular, namespaced=True, verbs=VERBS, subresources=subs)
         emu["get /version/"] << {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+        # kr8s asks with a trailing slash, which kmock's discovery does not answer
         emu["get /api/"] << {"kind": "APIVersions", "versions": ["v1"]}
+        group = {"groupVersion": DASK_GROUP, "version": "v1"}
+        emu["get /apis/"] << {"apiVersion": "v1", "kind": "APIGroupList", "groups": [
+            {"name": DASK_GROUP.split("/")[0], "preferredVersion": group, "versions": [group]}]}
         self.emu = emu
         async with emu, kmock.Server(emu) as server:
             self.url = str(server.url).rstrip("/")

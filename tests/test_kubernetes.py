@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -32,7 +33,8 @@ pytest.importorskip("dask_kubernetes")
 pytest.importorskip("kmock")
 pytest.importorskip("jsonschema")
 
-from daskjob import ClusterSpec, JobFailed, StartupFailed, run_job  # noqa: E402
+from daskjob import (ClusterSpec, JobCancelled, JobFailed, JobRun, JobSpec,  # noqa: E402
+                     StartupFailed, run_job)
 from daskjob.backends import ClusterContext, get_backend  # noqa: E402
 from daskjob.backends.kubernetes import (build_cluster_body, cluster_name,  # noqa: E402
                                          label_value, validate_cluster_body)
@@ -236,6 +238,18 @@ def test_run_without_operator_deletes_its_daskcluster(tmp_path, records):
         assert wait_gone(emu) < 10
         assert len(posted_clusters(emu)) == 2
         assert posted_clusters(emu)[1]["metadata"]["name"] in deleted(emu)
+
+        # cancelled (SIGTERM, Airflow's on_kill) while the scheduler is awaited: deleted too
+        run = JobRun(JobSpec.parse({**job, "startup_timeout": "60s"}))
+        threading.Timer(2.0, run.cancel, args=("test cancel",)).start()
+        start = time.monotonic()
+        with pytest.raises(JobCancelled):
+            run.run()
+        gone_after = wait_gone(emu)
+        print(f"cancelled after 2s: run ended after {time.monotonic() - start:.1f}s, "
+              f"DaskCluster gone {gone_after:.1f}s later")
+        assert gone_after < 5 and not emu.objects("daskclusters")
+        assert posted_clusters(emu)[2]["metadata"]["name"] in deleted(emu)
 
 
 # The payload lives in a module of its own, as a user's would: daskjob ships its source to
