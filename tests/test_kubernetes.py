@@ -146,7 +146,7 @@ def test_daskcluster_bodies_match_the_crd_schema():
         validate_cluster_body(bad)
 
     # and the ClusterSpec is refused before anything is created
-    for options, field in [({}, "options.image: required"),
+    for options, field in [({"image": ""}, "options.image: required"),
                            ({"image": "i", "resources": {"limits": {"memory": 2048}}},
                             "options.resources.limits.memory: 2048 is not a Kubernetes quantity"),
                            ({"image": "i", "replicas": 2}, "options: replicas not accepted"),
@@ -157,6 +157,10 @@ def test_daskcluster_bodies_match_the_crd_schema():
     with pytest.raises(SpecError, match="tls: the kubernetes backend does not set up Dask TLS"):
         ClusterSpec.parse({"backend": K8S, "tls": True, "options": {"image": "i"}})
     assert get_backend(K8S).uses_tls(kspec()) is False
+    # no image: refused by create() before any request (a spec without options must
+    # still validate: `daskjob reap --backend kubernetes` uses one to reach the API server)
+    with pytest.raises(ValueError, match="options.image: required"):
+        get_backend(K8S).create(ClusterSpec(backend=K8S), context(run_id))
 
 
 def add(a, b):

@@ -285,10 +285,10 @@ class KubernetesBackend(Backend):
                                       (isinstance(value, bool) and bool not in types)):
                 raise ValueError(f"options.{key}: expected {' or '.join(t.__name__ for t in types)}, "
                                  f"got {value!r}")
-        if not opts.get("image"):
-            raise ValueError("options.image: required for the kubernetes backend: a container "
-                             "image with Python, dask, distributed and daskjob at the driver's "
-                             "versions (e.g. options: {image: ghcr.io/me/etl:1.4})")
+        # a missing image is refused by create(), not here: `daskjob reap --backend
+        # kubernetes` builds a ClusterSpec with no options just to reach the API server
+        if "image" in opts and not opts["image"]:
+            _require_image(opts)
         if spec.tls:
             raise ValueError("tls: the kubernetes backend does not set up Dask TLS (traffic "
                              "between the operator's pods is plain TCP); leave tls unset or false")
@@ -314,6 +314,7 @@ class KubernetesBackend(Backend):
         deadline, stopped = _startup_limits(ctx)  # first: imports below take a while
         from distributed.utils import LoopRunner, sync
 
+        _require_image(spec.options)  # before anything is created
         body = build_cluster_body(spec, ctx)
         validate_cluster_body(body)
         name = body["metadata"]["name"]
@@ -325,13 +326,17 @@ class KubernetesBackend(Backend):
         try:
             sync(runner.loop, _start_cluster, body, opts, runner.loop, deadline, stopped, state)
         except BaseException as e:
-            with contextlib.suppress(BaseException):
-                sync(runner.loop, _delete_cluster, state, name, run_label, 5.0,
-                     callback_timeout=30)
+            try:
+                gone = sync(runner.loop, _delete_cluster, state, name, run_label, 5.0,
+                            callback_timeout=30)
+                outcome = "deleted it" if gone else "deleting it (still terminating)"
+            except BaseException as e2:  # noqa: BLE001 - reported; the reaper can retry
+                outcome = f"could not delete it ({type(e2).__name__}: {e2})"
+                logger.warning("daskjob: DaskCluster %s: %s", name, outcome)
             runner.stop()
             if isinstance(e, _GaveUp):
                 raise TimeoutError(f"DaskCluster {name} did not get a running scheduler "
-                                   f"{e}; deleted it") from None
+                                   f"{e}; {outcome}") from None
             raise
         cluster = state["cluster"]
         cluster._daskjob = {"runner": runner, "api": state.get("api"), "name": name, "opts": opts,
@@ -348,6 +353,9 @@ class KubernetesBackend(Backend):
         return None
 
     def close(self, cluster: Any, timeout: float) -> None:
+        """Delete the DaskCluster (KubeCluster's close, then by name and run label if that
+        failed). Bounded by `timeout` (+5 s); a second call after success does nothing,
+        after a failure it tries again."""
         from distributed.utils import sync
         info = getattr(cluster, "_daskjob", None)
         if info is None:
@@ -356,24 +364,25 @@ class KubernetesBackend(Backend):
         with info["lock"]:
             if info["closed"]:
                 return
+            runner = info["runner"]
+            started = time.monotonic()
+            try:
+                # KubeCluster deletes the DaskCluster and waits for it to go
+                sync(runner.loop, cluster._close, timeout=timeout, callback_timeout=timeout + 5)
+            except Exception as e:  # deleted by name and label below
+                left = max(5.0, timeout - (time.monotonic() - started))
+                state = {"namespace": info["namespace"], "api": info["api"]}
+                try:
+                    if not sync(runner.loop, _delete_cluster, state, info["name"],
+                                info["run_label"], left, callback_timeout=left + 5):
+                        raise TimeoutError(f"still there {left:.0f}s after its deletion was "
+                                           "requested (is the operator running?)")
+                except Exception as e2:
+                    raise RuntimeError(f"could not delete DaskCluster {info['namespace']}/"
+                                       f"{info['name']}: {type(e).__name__}: {e}; then "
+                                       f"{type(e2).__name__}: {e2}") from e2
             info["closed"] = True
-        runner = info["runner"]
-        started = time.monotonic()
-        error: BaseException | None = None
-        try:
-            # KubeCluster deletes the DaskCluster and waits for it to go
-            sync(runner.loop, cluster._close, timeout=timeout, callback_timeout=timeout + 5)
-        except BaseException as e:  # noqa: BLE001 - deleted by name below
-            error = e
-        if error is not None:
-            left = max(5.0, timeout - (time.monotonic() - started))
-            state = {"namespace": info["namespace"], "api": info["api"]}
-            with contextlib.suppress(BaseException):
-                sync(runner.loop, _delete_cluster, state, info["name"], info["run_label"], left,
-                     callback_timeout=left + 5)
-        runner.stop()
-        if error is not None and not isinstance(error, Exception):
-            raise error
+            runner.stop()
 
     def snapshot_logs(self, cluster: Any, logs_dir: str) -> list[str]:
         """Write the scheduler and worker pods' logs (Running pods only: Kubernetes serves
@@ -424,6 +433,13 @@ class KubernetesBackend(Backend):
         _run_async(_delete_named, opts, handle.get("name") or leftover.name)
 
 
+def _require_image(opts: dict[str, Any]) -> None:
+    if not opts.get("image"):
+        raise ValueError("options.image: required for the kubernetes backend: a container "
+                         "image with Python, dask, distributed and daskjob at the driver's "
+                         "versions (e.g. options: {image: ghcr.io/me/etl:1.4})")
+
+
 # --------------------------------------------------------------- async helpers
 class _GaveUp(Exception):
     pass
@@ -461,18 +477,30 @@ def _startup_limits(ctx: ClusterContext) -> tuple[float, Any]:
 
 async def _api(opts: dict[str, Any]):
     import kr8s.asyncio
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:
+        # kr8s' client logs every request at INFO: unless asked for, keep that out of
+        # the task log
+        httpx_log.setLevel(logging.WARNING)
     return await kr8s.asyncio.api(kubeconfig=opts.get("kubeconfig"), context=opts.get("context"))
 
 
-def _quiet_cluster_class():
-    from dask_kubernetes.operator import KubeCluster
+_CLUSTER_CLASS: list[type] = []
 
-    class DaskjobKubeCluster(KubeCluster):
-        # not in KubeCluster._instances: dask-kubernetes' atexit reaper would try to close
-        # it on a loop that is gone, and print about it; daskjob closes its own clusters
-        _instances = __import__("weakref").WeakSet()
 
-    return DaskjobKubeCluster
+def _quiet_cluster_class() -> type:
+    if not _CLUSTER_CLASS:
+        import weakref
+
+        from dask_kubernetes.operator import KubeCluster
+
+        class DaskjobKubeCluster(KubeCluster):
+            # not in KubeCluster._instances: dask-kubernetes' atexit reaper would close it
+            # on a loop that is gone by then, and print about it; daskjob closes its own
+            _instances = weakref.WeakSet()
+
+        _CLUSTER_CLASS.append(DaskjobKubeCluster)
+    return _CLUSTER_CLASS[0]
 
 
 async def _start_cluster(body, opts, loop, deadline, stopped, state) -> None:
@@ -513,8 +541,10 @@ async def _start_cluster(body, opts, loop, deadline, stopped, state) -> None:
             raise _GaveUp(why)
 
 
-async def _delete_cluster(state, name, run_label, timeout) -> None:
-    """Delete the run's DaskCluster by name, and any other carrying its run-id label."""
+async def _delete_cluster(state, name, run_label, timeout) -> bool:
+    """Delete the run's DaskCluster by name, and any other carrying its run-id label.
+    True when they are gone within `timeout` (the operator removes its finalizer after
+    deleting the pods); False when the deletion is still under way."""
     from dask_kubernetes.operator._objects import DaskCluster
     import kr8s
 
@@ -535,8 +565,11 @@ async def _delete_cluster(state, name, run_label, timeout) -> None:
     end = time.monotonic() + timeout
     for n in sorted(names):
         dc = await DaskCluster(n, namespace=namespace, api=api)
-        while await dc.exists() and time.monotonic() < end:
+        while await dc.exists():
+            if time.monotonic() > end:
+                return False
             await asyncio.sleep(0.5)
+    return True
 
 
 async def _fetch_pod_logs(opts, namespace, name, logs_dir) -> list[str]:
@@ -572,8 +605,10 @@ async def _list_clusters(opts) -> list[dict]:
 
 async def _delete_named(opts, name) -> None:
     api = await _api(opts)
-    await _delete_cluster({"api": api, "namespace": opts.get("namespace") or api.namespace},
-                          name, None, 30.0)
+    if not await _delete_cluster({"api": api, "namespace": opts.get("namespace") or api.namespace},
+                                 name, None, 30.0):
+        raise TimeoutError(f"DaskCluster {name} still exists 30s after its deletion was "
+                           "requested (is the operator running?)")
 
 
 def _run_async(fn, *args) -> Any:
