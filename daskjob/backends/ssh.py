@@ -160,6 +160,8 @@ class _RemoteProcess:
                       else f"{type(e).__name__}: {e}")
             self.startup_error = (f"{self.role} on {self.host} did not start: {reason}"
                                   + (f"\nlast output:\n{tail}" if tail else ""))
+            from distributed.core import Status
+            self.status = Status.failed
             await self._hang_up()
             if isinstance(e, (Exception, asyncio.CancelledError)):
                 raise RuntimeError(self.startup_error) from e
@@ -219,6 +221,9 @@ class _RemoteProcess:
             pass
         self.exit_status = self.proc.exit_status if self.proc is not None else None
         if not self._stopped:
+            from distributed.core import Status
+            # SpecCluster then neither asks a gone scheduler to retire workers nor waits
+            self.status = Status.failed
             logger.info("%s on %s exited (status %s); last output:\n%s", self.role,
                            self.host, self.exit_status, "\n".join(list(self.tail)[-10:]))
 
@@ -239,7 +244,7 @@ class _RemoteProcess:
         await super().close()
 
     def _grace(self) -> float:
-        return 1.0
+        return 0.5
 
     async def _hang_up(self):
         """End the session (SIGHUP to the remote process group), make sure the group is
@@ -301,7 +306,7 @@ def _classes() -> dict[str, type]:
             self.address = address
 
         def _grace(self):
-            return 3.0
+            return 1.5
 
     class SSHWorker(_RemoteProcess, ProcessInterface):
         role = "worker"
@@ -355,6 +360,18 @@ def _classes() -> dict[str, type]:
                 # the worker listens on the address it is reached at over ssh
                 spec["options"]["kwargs"] = {**spec["options"]["kwargs"], "host": host}
             return {name: spec}
+
+        async def _close(self):
+            try:
+                await super()._close()
+            finally:
+                # whatever SpecCluster did not close (a scheduler that had exited, a
+                # worker that never started): end its session too
+                rest = [p for p in self.remote_processes
+                        if p.connection is not None and not p.connection.is_closed()]
+                if rest:
+                    await asyncio.gather(*(p._hang_up() for p in rest),
+                                         return_exceptions=True)
 
     _CLASSES.update(scheduler=SSHScheduler, worker=SSHWorker, cluster=SSHSpecCluster)
     return _CLASSES
@@ -633,10 +650,17 @@ class SSHBackend(Backend):
                                      return_exceptions=True)
             with contextlib.suppress(Exception):
                 cluster.sync(hang_up_all, callback_timeout=min(timeout, 15))
+        scheduler = getattr(cluster, "scheduler", None)
+        if isinstance(scheduler, _RemoteProcess) and scheduler._drain_task is not None \
+                and scheduler._drain_task.done():
+            # the scheduler process is gone: asking it to shut down would only wait for
+            # connect timeouts; hang up the workers instead
+            cluster.shutdown_scheduler = False
         try:
             cluster.close(timeout=timeout)
-        finally:
-            self._hang_up_rest(cluster, timeout)
+        except BaseException:
+            self._hang_up_rest(cluster, timeout)  # the loop is still there after a timeout
+            raise
 
     def _hang_up_rest(self, cluster: Any, timeout: float) -> None:
         rest = [p for p in list(getattr(cluster, "remote_processes", []))

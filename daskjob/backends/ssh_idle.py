@@ -24,6 +24,7 @@ logger = logging.getLogger("daskjob.ssh_idle")
 
 ENV_VAR = "DASKJOB_SSH_CLIENT_TIMEOUT"
 _CHECK_EVERY_MS = 500
+FIRST_CLIENT_GRACE = 60.0
 
 
 def _real_clients(scheduler) -> list[str]:
@@ -42,19 +43,23 @@ def dask_setup(scheduler) -> None:
         return
     from tornado.ioloop import PeriodicCallback
 
-    state = {"alone_since": time.monotonic(), "closing": False}
+    state = {"alone_since": time.monotonic(), "closing": False, "seen_client": False}
 
     def check() -> None:
         if state["closing"]:
             return
         if _real_clients(scheduler):
             state["alone_since"] = None
+            state["seen_client"] = True
             return
         now = time.monotonic()
         if state["alone_since"] is None:
             state["alone_since"] = now
             return
-        if now - state["alone_since"] < timeout:
+        # the driver connects right after the scheduler starts, but a busy machine may
+        # take a while: more time for the first client
+        limit = timeout if state["seen_client"] else max(timeout, FIRST_CLIENT_GRACE)
+        if now - state["alone_since"] < limit:
             return
         state["closing"] = True
         callback.stop()
