@@ -197,7 +197,7 @@ def test_run_without_operator_deletes_its_daskcluster(tmp_path, records):
                "cluster": {"backend": K8S, "n_workers": 1,
                            "options": {"image": "img:1", "resource_timeout": 120}}}
         start = time.monotonic()
-        with pytest.raises(StartupFailed) as info:
+        with pytest.raises(StartupFailed, match="did not get a running scheduler"):
             run_job(job)
         elapsed = time.monotonic() - start
         gone_after = wait_gone(emu)
