@@ -187,8 +187,21 @@ def test_etl_runs_on_a_labelled_gateway_cluster_and_leaves_nothing(gw, gwc, tmp_
             runner.join(60)
 
 
-def test_failures_leave_no_cluster(gw, gwc, records):
+def test_failures_leave_no_cluster(gw, gwc, tmp_path, records):
     client = gwc
+    # a scheduler that cannot start: the gateway marks the cluster FAILED, the run says so
+    broken = tmp_path / "broken" / "dask_gateway"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise RuntimeError('broken on purpose')\n")
+    t = time.monotonic()
+    with pytest.raises(StartupFailed) as info:
+        run_job(job(records, "jobs:add_up", gw, params={"n": 3}, startup_timeout="60s",
+                    cluster=cluster_section(gw, env={"PYTHONPATH": str(broken.parent)})))
+    assert "failed to start" in str(info.value) and "gateway server's log" in str(info.value)
+    assert time.monotonic() - t < 30, "a failed start must not wait for startup_timeout"
+    rec = info.value.record
+    assert rec["status"] == "startup_failed"
+    assert not clusters_of(client, rec["run_id"])
     # a cluster option this gateway does not offer: refused before a cluster exists
     with pytest.raises(StartupFailed) as info:
         run_job(job(records, "jobs:add_up", gw, params={"n": 3},

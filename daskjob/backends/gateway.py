@@ -297,8 +297,8 @@ class GatewayBackend(Backend):
                 public_address=o.get("public_address"), auth=_auth(spec),
                 cluster_options=opts, shutdown_on_close=True)
         except GatewayClusterError as e:
-            raise RuntimeError(f"the gateway could not start the cluster: {e} (the gateway "
-                               "server's log says why)") from e
+            # the gateway's API says no more than this; its server log has the scheduler's
+            raise RuntimeError(f"{e} (the gateway server's log says why)") from e
         try:
             if cluster.security is None:
                 raise RuntimeError(f"gateway cluster {cluster.name} came without TLS "
@@ -308,6 +308,9 @@ class GatewayBackend(Backend):
             period = _keepalive_seconds(spec)
             if period:
                 cluster._daskjob["keepalive"] = _KeepBusy(cluster, period)
+            # ask for the workers now: the gateway starts their processes while the run
+            # connects its client (the run's own scale() to the same size changes nothing)
+            self.scale(cluster, self.expected_workers(spec))
         except BaseException:
             with contextlib.suppress(Exception):
                 self.close(cluster, timeout=10)
