@@ -197,8 +197,10 @@ def test_bad_input_fails_clearly_before_or_at_submission(tmp_path, records, slur
         took = time.monotonic() - t
         rec = info.value.record
         assert rec["status"] == "startup_failed"
+        assert rec["teardown"]["cluster"] in ("closed", "not started"), rec["teardown"]
+        assert rec["phases"]["teardown"]["seconds"] < 5, rec["phases"]
         assert not squeue(rec["run_id"]) or seconds_until_no_jobs(rec["run_id"]) < CLEAN_WITHIN
-        assert took < 40, f"{name}: took {took:.0f}s, must not wait for startup_timeout"
+        assert took < 30, f"{name}: took {took:.0f}s, must not wait for startup_timeout"
         return str(info.value), rec, took
 
     # --- a job bigger than the node: refused before anything is submitted
@@ -270,19 +272,22 @@ def test_sigkilled_driver_reap_stops_its_jobs(tmp_path, records, slurm):
             assert f"Slurm job {job_id}" in listed, dry.stdout
         assert squeue(run_id), "--dry-run must not stop anything"
 
+        reaping = time.monotonic()
         reap = subprocess.run(DASKJOB + ["reap", "--backend", "jobqueue", "--job", str(job)],
                               env=env, capture_output=True, text=True, timeout=60)
         assert reap.returncode == 0, reap.stdout + reap.stderr
         out = reap.stdout.replace("\n", " ")
         for job_id in still:
             assert f"stopped jobqueue {job_id} (run {run_id})" in out, reap.stdout
-        gone = seconds_until_no_jobs(run_id, timeout=CLEAN_WITHIN - (time.monotonic() - killed))
+        # (the dry run before it is a person looking first: its CLI start is not counted)
+        gone = seconds_until_no_jobs(run_id, timeout=CLEAN_WITHIN - (time.monotonic() - reaping))
         total = time.monotonic() - killed
         assert not os.path.exists(f"/tmp/daskjob-jobqueue-{run_id}")  # TLS keys removed
         rec = json.load(open(os.path.join(run_dir, "record.json")))
         assert rec["status"] == "running"  # the driver never wrote its end
-        print(f"\nSIGKILLed driver: jobs gone {total:.1f}s after the kill "
-              f"({gone:.1f}s after reap returned)")
+        print(f"\nSIGKILLed driver: jobs gone {total:.1f}s after the kill, "
+              f"{time.monotonic() - reaping:.1f}s after `reap` started "
+              f"({gone:.1f}s after it returned)")
         again = subprocess.run(DASKJOB + ["reap", "--backend", "jobqueue", "--job", str(job),
                                           "--dry-run"], env=env, capture_output=True, text=True,
                                timeout=60)

@@ -128,6 +128,10 @@ def _recording_job_class(base: type) -> type:
                 await super().start()
             except Exception as e:  # sbatch rejected the job: keep its message
                 self.submit_errors.append(str(e).strip())
+                # SpecCluster's close asserts that every worker it created has ended;
+                # one left "created" makes close fail, and a second close then hang
+                from distributed.core import Status
+                self.status = Status.failed
                 raise
             if self.job_id:
                 self.job_ids.append(self.job_id)
