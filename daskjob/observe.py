@@ -270,9 +270,13 @@ def _emit_barrier(dask_worker=None, token: str = "") -> None:
 class FirehosePlugin(SchedulerPlugin):
     """Forwards every event of every topic to one client, as it is logged."""
 
-    def __init__(self, client_id: str, name: str):
+    def __init__(self, client_id: str, name: str,
+                 modules: dict[str, tuple[str, str]] | None = None):
         self.client_id = client_id
         self.name = name
+        # payload modules the scheduler cannot import by name: it unpickles task graphs
+        # too, so it needs them as much as the workers do (see WorkerObserver)
+        self.modules = dict(modules or {})
         self.names: dict[str, str] = {}
         # task progress for the CLI's progress bar
         self.progress = {"added": 0, "done": 0, "erred": 0}
@@ -287,6 +291,8 @@ class FirehosePlugin(SchedulerPlugin):
 
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
+        for module, (file, source) in self.modules.items():
+            _recreate_module(module, file, source)
         for addr, ws in scheduler.workers.items():
             self.names[addr] = str(ws.name)
 

@@ -283,7 +283,8 @@ class JobRun:
             worker_env={**spec.cluster.env, **self.extra_worker_env,
                         **label_env(self.run_id, self._labels())},
             drop_env=[*spec.cluster.drop_env, *self.extra_drop_env],
-            worker_config=config.worker_dask_config(report=spec.report_enabled))
+            worker_config=config.worker_dask_config(report=spec.report_enabled),
+            startup_deadline=deadline, is_cancelled=lambda: self.cancelled)
 
         with phases.phase("provision"):
             self._cluster = self._provision(ctx, deadline)
@@ -365,16 +366,18 @@ class JobRun:
     def _attach_observers(self, payload: ResolvedPayload, ctx: ClusterContext,
                           collector: Collector) -> None:
         client = self._client
-        client.subscribe_topic(FIREHOSE_TOPIC, collector.on_firehose)
-        client.register_plugin(FirehosePlugin(client.id, name=f"daskjob-firehose-{self.run_id}"))
         # A module that workers cannot import by name (a DAG file Airflow loaded as
         # "unusual_prefix_...", a loose file on a machine workers do not share) is
-        # recreated on each worker from its source. cloudpickle's pickle-by-value is not
-        # enough: distributed decides per top-level object, so a function from such a
-        # module inside a task is still pickled by reference.
+        # recreated on each worker, and on the scheduler, which unpickles task graphs,
+        # from its source. cloudpickle's pickle-by-value is not enough: distributed
+        # decides per top-level object, so a function from such a module inside a task
+        # is still pickled by reference.
         ship = {}
         if payload.module and (not payload.importable_by_name or not self.backend.shares_filesystem):
             ship = module_source(payload.module)
+        client.subscribe_topic(FIREHOSE_TOPIC, collector.on_firehose)
+        client.register_plugin(FirehosePlugin(client.id, name=f"daskjob-firehose-{self.run_id}",
+                                              modules=ship))
         client.register_plugin(WorkerObserver(
             self.run_id, drop_env=ctx.drop_env,
             sys_path=payload.worker_sys_path if self.backend.shares_filesystem else [],
@@ -568,6 +571,11 @@ class JobRun:
     def _snapshot(self, record, collector: Collector, recdir: RecordDir) -> None:
         """Before teardown: make sure every event and log line is in, fetch scheduler logs."""
         client = self._client
+        if self._cluster is not None and self.backend.owns_cluster:
+            try:
+                self.backend.snapshot_logs(self._cluster, recdir.logs_dir)
+            except Exception as e:  # the rest of the snapshot still matters
+                record["snapshot_warning"] = f"cluster manager logs incomplete: {_one_line(e)}"
         if client is None or client.status != "running":
             collector.flush()
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
@@ -45,6 +45,11 @@ class ClusterContext:
     drop_env: list[str] = field(default_factory=list)
     # dask config for worker processes (nested dict), over what they would read otherwise
     worker_config: dict[str, Any] = field(default_factory=dict)
+    # time.monotonic() at which the run gives up starting: a backend whose create() waits
+    # gives up a little earlier, cleans up, and says why
+    startup_deadline: float | None = None
+    # True once the run is cancelled (a create() that waits stops waiting)
+    is_cancelled: Callable[[], bool] = lambda: False
 
 
 class Backend:
@@ -99,6 +104,11 @@ class Backend:
     def stop_restarts(self, cluster: Any) -> None:
         """The run is ending: workers that die from now on are not replaced. Called from
         signal handlers (must only set flags)."""
+
+    def snapshot_logs(self, cluster: Any, logs_dir: str) -> list[str]:
+        """Before teardown: copy into logs_dir the logs only the cluster manager keeps
+        (pod logs, batch job output), which are gone after it. Returns the files written."""
+        return []
 
     def process_ids(self, cluster: Any) -> list[int]:
         """Pids of processes this machine runs for the cluster (killed if close fails)."""

@@ -450,29 +450,16 @@ def _startup_limits(ctx: ClusterContext) -> tuple[float, Any]:
 
     The backend gives up a little before the run's own startup deadline, so that the run
     reports this backend's reason (and that the DaskCluster was deleted) rather than a
-    bare timeout. `ctx.startup_deadline` (monotonic), when the lifecycle passes it, is
-    exact; otherwise the deadline is estimated from the live run's startup_timeout, counted
-    from now (the run's clock started a moment earlier: hence a wider margin)."""
-    run = None
-    with contextlib.suppress(Exception):
-        from .. import run as run_module
-        with run_module._LIVE_LOCK:
-            run = next((r for r in run_module._LIVE if r.run_id == ctx.run_id), None)
+    bare timeout. Without a deadline (a caller other than the lifecycle), the configured
+    startup timeout counts from now."""
     now = time.monotonic()
-    deadline = getattr(ctx, "startup_deadline", None)
-    if deadline is not None:
-        margin = min(3.0, max(0.5, 0.1 * (deadline - now)))
-    else:
-        if run is not None:
-            total = run.spec.startup_timeout_s
-        else:
-            from .. import config
-            from ..durations import seconds
-            total = seconds(config.get("startup-timeout"), field="startup_timeout")
-        deadline = now + total
-        margin = min(5.0, max(1.5, 0.25 * total))
-    stopped = (lambda: run.cancelled) if run is not None else (lambda: False)
-    return deadline - margin, stopped
+    deadline = ctx.startup_deadline
+    if deadline is None:
+        from .. import config
+        from ..durations import seconds
+        deadline = now + seconds(config.get("startup-timeout"), field="startup_timeout")
+    margin = min(3.0, max(0.5, 0.1 * (deadline - now)))
+    return deadline - margin, ctx.is_cancelled
 
 
 async def _api(opts: dict[str, Any]):
