@@ -154,6 +154,33 @@ def test_nightly_etl_dag_writes_the_partition(capfd):
     assert "dask event etl.partition" in capfd.readouterr().out
 
 
+def test_nightly_etl_dag_runs_on_ssh_by_changing_only_its_connection():
+    """The same DAG file, its `dask_default` connection now naming the ssh backend: the
+    cluster runs over SSH on loopback (sshd started by the test set-up), with TLS."""
+    from services import service
+    ssh = service("sshd")
+    extra = {"backend": "ssh", "n_workers": 2, "options": {
+        "hosts": [ssh["SSH_HOST"]],
+        "connect_options": {"port": int(ssh["SSH_PORT"]), "username": ssh["SSH_USER"],
+                            "client_keys": [ssh["SSH_KEY"]],
+                            "known_hosts": ssh["SSH_KNOWN_HOSTS"]}}}
+    os.environ["AIRFLOW_CONN_DASK_DEFAULT"] = json.dumps({"conn_type": "dask", "extra": extra})
+    try:
+        dr = dagbag().get_dag("nightly_etl").test(
+            logical_date=__import__("pendulum").datetime(2026, 11, 21, tz="UTC"))
+    finally:
+        del os.environ["AIRFLOW_CONN_DASK_DEFAULT"]
+    assert dr.state == "success"
+    summary = xcoms("nightly_etl", dr.run_id)[("etl", "return_value")]
+    assert summary["date"] == "2026-11-21" and summary["rows_read"] == 20000
+    assert os.path.exists(os.path.join(DATA, "warehouse", "clients", "date=2026-11-21", "_SUCCESS"))
+    rec = [r for r in records_of("nightly_etl", "etl")
+           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
+    assert rec["spec"]["cluster"]["backend"] == "ssh"
+    assert rec["scheduler_address"].startswith("tls://"), rec["scheduler_address"]
+    assert rec["status"] == "succeeded" and rec["teardown"]["cluster"] == "closed"
+
+
 @pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine
 def test_tpot_search_dag_puts_the_best_score_in_xcom(capfd):
     import importlib.util
