@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from daskjob import ClusterSpec, JobFailed, JobSpec, StartupFailed, run_job
@@ -23,7 +22,7 @@ from daskjob.backends import ClusterContext, get_backend
 from daskjob.datasets import write_drop
 from daskjob.errors import SpecError
 
-from conftest import REPO, only_run
+from conftest import REPO
 from services import service
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

@@ -68,7 +68,8 @@ _STRING_OPTIONS = ("queue", "account", "project", "walltime", "interface", "pyth
 _OWN_DIRECTIVES = re.compile(r"^\s*(--comment|--job-name|-J\b|--output|-o\b|--error|-e\b)")
 
 MIN_DEATH_TIMEOUT = 10.0  # below this a busy node's worker gives up on a live scheduler
-_JOBS_POLL_EVERY = 2.0    # failure_reason asks squeue at most this often
+_JOBS_POLL_EVERY = 2.0    # failure_reason asks squeue at most this often while jobs start,
+_JOBS_POLL_LATER = 15.0   # and this often once the first minute is over (spare slurmctld)
 _SLURM_TIMEOUT = 20.0     # seconds for one squeue/sinfo/scancel call
 _RUN_DIR_PREFIX = "daskjob-jobqueue-"
 
@@ -341,7 +342,9 @@ class JobqueueBackend(Backend):
         if state["scheduler"] != "slurm" or not job_cls.job_ids:
             return None
         now = time.monotonic()
-        if now - state["last_poll"] < _JOBS_POLL_EVERY:
+        state.setdefault("first_poll", now)
+        every = _JOBS_POLL_EVERY if now - state["first_poll"] < 60 else _JOBS_POLL_LATER
+        if now - state["last_poll"] < every:
             return None
         state["last_poll"] = now
         ids = list(job_cls.job_ids)
@@ -359,11 +362,9 @@ class JobqueueBackend(Backend):
             states[job.strip()] = (st.strip(), reason.strip())
         live = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING",
                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")
-        if any(states.get(j, ("?",))[0] in live for j in ids if j in states):
+        if any(st in live for st, _ in states.values()):
             return None
-        if any(j not in states for j in ids) and not states:
-            # squeue forgot them (MinJobAge passed): ended, state unknown
-            pass
+        # every job ended (a job squeue no longer lists ended more than MinJobAge ago)
         parts = []
         for j in ids:
             st, reason = states.get(j, ("ENDED", ""))
