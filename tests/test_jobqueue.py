@@ -127,6 +127,10 @@ def test_etl_on_slurm_jobs_with_tls_then_a_failing_payload(tmp_path, slurm):
     assert len(worker_logs) == 2, logs
     assert any(os.path.getsize(os.path.join(run_dir, "logs", f)) for f in worker_logs)
     assert "scheduler.log" in logs
+    # and each job's own output (sbatch --output), kept by the backend
+    for job in ours:
+        with open(os.path.join(run_dir, "logs", f"slurm-job-{job['id']}.out")) as f:
+            assert "Start worker at" in f.read()
     steps = lifecycle(run_dir)
     assert steps.count("worker joined") == 2 and "teardown done" in steps
     assert rec["teardown"]["cluster"] == "closed"
@@ -216,6 +220,10 @@ def test_bad_input_fails_clearly_before_or_at_submission(tmp_path, records, slur
     # --- the worker cannot start in its job: the job's output says why
     msg, rec, took = failing_run("bad-python", options={"python": "/nonexistent/python3"})
     assert "Slurm worker job(s) ended" in msg and "/nonexistent/python3" in msg, msg
+    outputs = [f for f in rec["logs"]["files"] if f.startswith("slurm-job-")]
+    assert len(outputs) == 1, rec["logs"]
+    with open(os.path.join(rec["record_path"], "logs", outputs[0])) as f:
+        assert "/nonexistent/python3: No such file or directory" in f.read()
     print(f"worker that cannot start reported in {took:.1f}s")
 
 

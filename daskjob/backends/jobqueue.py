@@ -207,8 +207,11 @@ class JobqueueBackend(Backend):
         cluster_cls = getattr(dask_jobqueue, SCHEDULERS[scheduler][0])
         memory = spec.memory_bytes or 2**30
         if scheduler == "slurm":
+            left = (ctx.startup_deadline - time.monotonic()
+                    if getattr(ctx, "startup_deadline", None) else _SLURM_TIMEOUT)
             self._check_fits(options.get("queue"), memory, options.get("job_cpu")
-                             or spec.threads_per_worker)
+                             or spec.threads_per_worker,
+                             timeout=max(1.0, min(_SLURM_TIMEOUT, left)))
 
         # one folder per run for the TLS key files dask-jobqueue writes for the workers
         # and (unless log_directory is set) the jobs' output; it must be visible from the
@@ -289,12 +292,13 @@ class JobqueueBackend(Backend):
         cluster._daskjob = {
             "scheduler": scheduler, "job_cls": job_cls, "run_dir": run_dir,
             "out_dir": out_dir, "own_out_dir": out_dir == run_dir,
-            "logs_dir": getattr(ctx, "logs_dir", None), "run_id": ctx.run_id,
+            "logs_dir": None, "run_id": ctx.run_id,
             "last_poll": 0.0, "verdict": None, "closed": False, "lock": threading.Lock(),
         }
         return cluster
 
-    def _check_fits(self, queue: str | None, memory: int, cpus: int) -> None:
+    def _check_fits(self, queue: str | None, memory: int, cpus: int,
+                    timeout: float = _SLURM_TIMEOUT) -> None:
         """A job bigger than every node of its partition would pend forever (or sbatch
         refuses it): say so before submitting anything. Best effort: no verdict when
         sinfo cannot tell."""
@@ -302,7 +306,7 @@ class JobqueueBackend(Backend):
         if queue:
             args[1:1] = ["-p", queue]
         try:
-            proc = _slurm(args)
+            proc = _slurm(args, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             return
         if proc.returncode != 0:
@@ -374,6 +378,15 @@ class JobqueueBackend(Backend):
         state["verdict"] = (f"all {len(ids)} Slurm worker job(s) ended:\n" + "\n".join(parts))
         return state["verdict"]
 
+    def snapshot_logs(self, cluster: Any, logs_dir: str) -> list[str]:
+        """The jobs' own output (sbatch --output) into the run record as
+        slurm-job-<id>.out; copied again after close, when the jobs have ended."""
+        state = getattr(cluster, "_daskjob", None)
+        if state is None:
+            return []
+        state["logs_dir"] = logs_dir
+        return self._keep_outputs(state)
+
     def dashboard_link(self, cluster: Any) -> str | None:
         return getattr(cluster, "dashboard_link", None)
 
@@ -405,15 +418,19 @@ class JobqueueBackend(Backend):
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             _slurm(["scancel", *ids], timeout=max(1.0, min(timeout, _SLURM_TIMEOUT)))
 
-    def _keep_outputs(self, state: dict) -> None:
+    def _keep_outputs(self, state: dict) -> list[str]:
         logs_dir = state.get("logs_dir")
-        out_dir = state["out_dir"]
-        if logs_dir and os.path.isdir(logs_dir):
-            for job in state["job_cls"].job_ids:
-                src = os.path.join(out_dir, f"job-{job}.out")
-                if os.path.exists(src):
-                    with contextlib.suppress(OSError):
-                        shutil.copy(src, os.path.join(logs_dir, f"slurm-job-{job}.out"))
+        written = []
+        if not logs_dir or not os.path.isdir(logs_dir):
+            return written
+        for job in list(state["job_cls"].job_ids):
+            src = os.path.join(state["out_dir"], f"job-{job}.out")
+            dst = os.path.join(logs_dir, f"slurm-job-{job}.out")
+            if os.path.exists(src):
+                with contextlib.suppress(OSError):
+                    shutil.copy(src, dst)
+                    written.append(dst)
+        return written
 
     # ------------------------------------------------------------------- reaper
     def find_leftovers(self, spec: "ClusterSpec", older_than: float) -> list[Leftover]:
