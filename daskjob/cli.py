@@ -194,9 +194,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
         out.print(f"{total} would be stopped (--dry-run)")
         return 0
     failed = 0
-    if orphans:
-        stopped = reap(orphans)
-        out.print(f"stopped {len(stopped)} process(es)")
+    # cluster managers first: stopping a batch job or a remote cluster also ends local
+    # processes that would otherwise each get the orphans' grace period
     for spec, found in leftovers:
         for lo, error in stop_backend_leftovers(spec, found):
             if error:
@@ -204,6 +203,10 @@ def cmd_reap(args: argparse.Namespace) -> int:
                 out.print(f"[red]could not stop {spec.backend} {lo.name}: {error}[/]")
             else:
                 out.print(f"stopped {spec.backend} {lo.name} (run {lo.run_id})")
+    orphans = [o for o in orphans if o.process.is_running()]
+    if orphans:
+        stopped = reap(orphans)
+        out.print(f"stopped {len(stopped)} process(es)")
     return 1 if failed else 0
 
 
