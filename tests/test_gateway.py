@@ -49,8 +49,9 @@ def gwc(gw):
 
 def cluster_section(gw, n_workers=1, env=None, **options):
     return {"backend": "gateway", "n_workers": n_workers, "threads_per_worker": 1,
-            # the scheduler unpickles task graphs too: it must import the tests' payloads
-            "env": {"PYTHONPATH": TESTS, **(env or {})},
+            # no PYTHONPATH: the tests' payload modules reach the (gateway's) scheduler and
+            # workers from their source, as on a machine that does not share our files
+            "env": dict(env or {}),
             "options": {"address": gw["GATEWAY_ADDRESS"],
                         "proxy_address": gw["GATEWAY_PROXY_ADDRESS"],
                         "username": gw["GATEWAY_USER"], **options},
@@ -197,7 +198,7 @@ def test_failures_leave_no_cluster(gw, gwc, tmp_path, records):
     with pytest.raises(StartupFailed) as info:
         run_job(job(records, "jobs:add_up", gw, params={"n": 3}, startup_timeout="60s",
                     cluster=cluster_section(gw, env={"PYTHONPATH": str(broken.parent)})))
-    assert "failed to start" in str(info.value) and "gateway server's log" in str(info.value)
+    assert "failed to start (status FAILED; the gateway server's log says why)" in str(info.value)
     assert time.monotonic() - t < 30, "a failed start must not wait for startup_timeout"
     rec = info.value.record
     assert rec["status"] == "startup_failed"

@@ -283,22 +283,43 @@ class GatewayBackend(Backend):
 
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
         from dask_gateway import GatewayCluster
-        from dask_gateway.client import GatewayClusterError
+        from dask_gateway.client import ClusterStatus
 
+        o = spec.options
         gw = _connect(spec)
+        name = None
         try:
             opts = self._cluster_options(gw, spec, ctx)
+            name = _call(gw, gw._submit, cluster_options=opts)
+            # the scheduler starts on the gateway's side: wait for it here, watching the
+            # run's deadline (a second early, to clean up and say why) and cancel()
+            give_up = ctx.startup_deadline - 1.0 if ctx.startup_deadline else None
+            while True:
+                report = _call(gw, gw._cluster_report, name)
+                if report.status == ClusterStatus.RUNNING:
+                    break
+                if report.status != ClusterStatus.PENDING:
+                    # the gateway's API says no more than this; its server log says why
+                    raise RuntimeError(
+                        f"gateway cluster {name} failed to start (status "
+                        f"{report.status.name}; the gateway server's log says why)")
+                if ctx.is_cancelled():
+                    raise RuntimeError(f"cancelled while gateway cluster {name} was starting")
+                if give_up is not None and time.monotonic() > give_up:
+                    raise TimeoutError(f"gateway cluster {name} was still PENDING at "
+                                       "startup_timeout")
+                time.sleep(0.25)
+            cluster = GatewayCluster.from_name(
+                name, shutdown_on_close=True, address=o.get("address"),
+                proxy_address=o.get("proxy_address"), public_address=o.get("public_address"),
+                auth=_auth(spec))
+        except BaseException:
+            if name is not None:
+                with contextlib.suppress(Exception):
+                    _call(gw, gw._stop_cluster, name, timeout=10)
+            raise
         finally:
             _close_gateway(gw)
-        o = spec.options
-        try:
-            cluster = GatewayCluster(
-                address=o.get("address"), proxy_address=o.get("proxy_address"),
-                public_address=o.get("public_address"), auth=_auth(spec),
-                cluster_options=opts, shutdown_on_close=True)
-        except GatewayClusterError as e:
-            # the gateway's API says no more than this; its server log has the scheduler's
-            raise RuntimeError(f"{e} (the gateway server's log says why)") from e
         try:
             if cluster.security is None:
                 raise RuntimeError(f"gateway cluster {cluster.name} came without TLS "
@@ -318,7 +339,15 @@ class GatewayBackend(Backend):
         return cluster
 
     def scale(self, cluster: Any, n: int) -> None:
-        _call(cluster.gateway, cluster.gateway._scale_cluster, cluster.name, n)
+        from dask_gateway.client import GatewayClusterError
+        try:
+            _call(cluster.gateway, cluster.gateway._scale_cluster, cluster.name, n)
+        except GatewayClusterError as e:  # 409: the gateway no longer runs it
+            state = getattr(cluster, "_daskjob", None)
+            if state is not None:
+                state["status_at"] = 0.0
+            reason = self.failure_reason(cluster)
+            raise RuntimeError(reason or f"gateway cluster {cluster.name}: {e}") from e
 
     def failure_reason(self, cluster: Any) -> str | None:
         from dask_gateway.client import ClusterStatus

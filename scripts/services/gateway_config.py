@@ -39,7 +39,10 @@ c.LocalBackend.sigterm_timeout = 3
 c.LocalBackend.check_timeouts_period = 1.0
 c.LocalBackend.cluster_status_period = 2.0
 c.LocalBackend.worker_status_period = 2.0
-c.LocalBackend.cluster_heartbeat_period = 2
+# a scheduler whose event loop is busy (importing a payload's modules on a loaded
+# 2-core machine) misses heartbeats: 2 x 2 s was measured to stop healthy clusters
+c.LocalBackend.cluster_heartbeat_period = 5
+c.LocalBackend.cluster_heartbeat_timeout = 30
 c.LocalBackend.cluster_start_timeout = 60
 c.LocalBackend.worker_start_timeout = 60
 
