@@ -31,6 +31,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -155,7 +156,7 @@ class _RemoteProcess:
         try:
             await asyncio.wait_for(self._launch(), self._start_timeout())
         except BaseException as e:
-            tail = "\n".join(list(self.tail)[-20:])
+            tail = _summary(self.tail)
             reason = ("timed out" if isinstance(e, (asyncio.TimeoutError, TimeoutError))
                       else f"{type(e).__name__}: {e}")
             self.startup_error = (f"{self.role} on {self.host} did not start: {reason}"
@@ -268,6 +269,17 @@ class _RemoteProcess:
                 await asyncio.wait_for(conn.wait_closed(), 2)
             if self._drain_task is not None and not self._drain_task.done():
                 self._drain_task.cancel()
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
+
+
+def _summary(lines, last: int = 8) -> str:
+    """A remote process's output for an error message: its exception lines (the cause
+    is usually not among the last lines of a chained traceback) and its last lines."""
+    lines = list(lines)
+    causes = [ln for ln in lines[:-last] if _EXC_LINE.match(ln)]
+    return "\n".join(dict.fromkeys(causes[-6:] + ["..."] * bool(causes) + lines[-last:]))
 
 
 def _ensure_gone_cmd(pgid: int) -> str:
@@ -617,8 +629,8 @@ class SSHBackend(Backend):
         sched = [p for p in procs if p.role == "scheduler"]
         for p in sched:
             if p._drain_task is not None and p._drain_task.done() and not p._stopped:
-                return (f"the scheduler on {p.host} exited (status {p.exit_status}); last "
-                        "output:\n" + "\n".join(list(p.tail)[-20:]))
+                return (f"the scheduler on {p.host} exited (status {p.exit_status}); its "
+                        "output:\n" + _summary(p.tail))
         workers = [p for p in procs if p.role == "worker"]
         if not workers or any(p.running or (p.startup_error is None and not p._stopped)
                               for p in workers):
