@@ -177,6 +177,10 @@ def test_loopback_tls_run_logs_and_strangers_refused(sshd, records):
     # worker logs were forwarded from the remote workers and kept after teardown
     text = worker_log_text(run_dir)
     assert "Registered to:" in text and out["scheduler"] in text
+    # and each remote process's own terminal output, to its end
+    with open(os.path.join(run_dir, "logs", f"ssh-scheduler-{sshd['SSH_HOST']}.log")) as f:
+        own = f.read()
+    assert "Scheduler at:" in own and "Scheduler closing all comms" in own
     assert remote_processes(cluster, rec["run_id"]) == {sshd["SSH_HOST"]: []}
     print(f"loopback ssh run: {elapsed:.1f}s, phases {rec['phases']}")
 

@@ -31,6 +31,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -51,7 +52,7 @@ IDLE_PRELOAD = "daskjob.backends.ssh_idle"
 MIN_DEATH_TIMEOUT = 15.0    # a nanny's start is bounded by it too: shorter breaks startup
 DEFAULT_CLIENT_TIMEOUT = 15.0
 START_TIMEOUT = 60.0        # one remote process: connect, exec, "... at: <address>"
-_TAIL = 200                 # output lines kept per remote process
+_TAIL = 5000                # output lines kept per remote process (the record's copy)
 
 _OPTIONS = {
     "hosts": "list of hosts: the first runs the scheduler, the others the workers "
@@ -304,10 +305,15 @@ def _classes() -> dict[str, type]:
         ready_marker = "Scheduler at:"
 
         def __init__(self, host, connect_options, remote_python, env, config_b64,
-                     kwargs, registry=None):
+                     kwargs, registry=None, start_timeout=START_TIMEOUT):
             ProcessInterface.__init__(self)
             self._setup(host, connect_options, remote_python, env, config_b64, registry)
             self.kwargs = kwargs
+            self.name = "scheduler"
+            self._timeout = start_timeout
+
+        def _start_timeout(self):
+            return self._timeout
 
         def _command(self, config_file):
             spec = json.dumps({"cls": "distributed.Scheduler", "opts": self.kwargs})
@@ -608,7 +614,13 @@ class SSHBackend(Backend):
             **opts.get("worker_options", {}),
         }
         bind_worker_host = "host" not in opts.get("worker_options", {})
+        # the scheduler starts inside create(): give up a little before the run does
+        scheduler_timeout = START_TIMEOUT
+        deadline = getattr(ctx, "startup_deadline", None)
+        if deadline is not None:
+            scheduler_timeout = max(1.0, min(START_TIMEOUT, deadline - time.monotonic() - 1.0))
         scheduler = {"cls": classes["scheduler"], "options": {
+            "start_timeout": scheduler_timeout,
             "host": hosts[0], "connect_options": connect, "remote_python": remote_python,
             "env": {**env, CLIENT_TIMEOUT_VAR: str(self._client_timeout(spec))},
             "config_b64": config_b64, "kwargs": scheduler_kwargs, "registry": registry}}
@@ -638,6 +650,22 @@ class SSHBackend(Backend):
         errors = sorted({p.startup_error for p in workers if p.startup_error})
         head = f"all {len(workers)} worker processes started over ssh failed or exited"
         return head + (":\n" + "\n\n".join(errors) if errors else "")
+
+    def snapshot_logs(self, cluster: Any, logs_dir: str) -> list[str]:
+        """Each remote process's own output (what it printed on its terminal: startup,
+        crashes, anything not sent through logging) as ssh-<role>-<name>-<host>.log."""
+        cluster._daskjob_logs_dir = logs_dir  # written again after close, with the ends
+        written = []
+        for p in list(getattr(cluster, "remote_processes", [])):
+            if not p.tail:
+                continue
+            name = "" if p.role == "scheduler" else f"-{p.name}"
+            fname = re.sub(r"[^A-Za-z0-9_.-]", "_", f"ssh-{p.role}{name}-{p.host}") + ".log"
+            path = os.path.join(logs_dir, fname)
+            with open(path, "w") as f:
+                f.write("\n".join(p.tail) + "\n")
+            written.append(fname)
+        return written
 
     def dashboard_link(self, cluster: Any) -> str | None:
         try:
@@ -673,6 +701,11 @@ class SSHBackend(Backend):
         except BaseException:
             self._hang_up_rest(cluster, timeout)  # the loop is still there after a timeout
             raise
+        finally:
+            logs_dir = getattr(cluster, "_daskjob_logs_dir", None)
+            if logs_dir and os.path.isdir(logs_dir):
+                with contextlib.suppress(Exception):
+                    self.snapshot_logs(cluster, logs_dir)
 
     def _hang_up_rest(self, cluster: Any, timeout: float) -> None:
         rest = [p for p in list(getattr(cluster, "remote_processes", []))
