@@ -150,6 +150,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _reap_specs(args: argparse.Namespace) -> list:
     """The ClusterSpecs that say how to reach each backend's cluster manager: a job
     file's cluster for its own backend, else that backend's defaults."""
+    from .errors import SpecError
     from .spec import ClusterSpec, JobSpec, load_yaml
     cluster = None
     if args.job:
@@ -160,16 +161,27 @@ def _reap_specs(args: argparse.Namespace) -> list:
     for name in dict.fromkeys(names):
         if name == "local":
             continue  # processes on this machine are always looked for
-        specs.append(cluster if cluster is not None and cluster.backend == name
-                     else ClusterSpec.parse({"backend": name}))
+        if cluster is not None and cluster.backend == name:
+            specs.append(cluster)
+            continue
+        try:
+            specs.append(ClusterSpec.parse({"backend": name}))
+        except SpecError as e:
+            raise SpecError(f"reap --backend {name}: give --job FILE, a job whose cluster says "
+                            f"how to reach it ({e})") from None
     return specs
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
     from .durations import seconds
+    from .errors import SpecError
     from .reap import find_backend_leftovers, find_orphans, reap, stop_backend_leftovers
     older = seconds(args.older_than, field="--older-than") if args.older_than not in ("0", "0s") else 0.0
-    specs = _reap_specs(args)
+    try:
+        specs = _reap_specs(args)
+    except SpecError as e:
+        console.print(f"[red]cannot reap:[/] {e}")
+        return 2
     orphans = find_orphans(older_than=older or 0.0)
     leftovers = [(spec, find_backend_leftovers(spec, older)) for spec in specs]
     if not orphans and not any(found for _, found in leftovers):
