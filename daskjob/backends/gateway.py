@@ -1,4 +1,4 @@
-"""`gateway`: a cluster from a Dask Gateway server (dask_gateway.Gateway.new_cluster).
+"""`gateway`: a cluster from a Dask Gateway server (dask_gateway: submit, then connect).
 
 The gateway starts the scheduler and workers wherever its own backend runs them; this
 side only talks HTTP to the gateway and TLS to the scheduler through the gateway's
