@@ -151,11 +151,13 @@ def _reap_specs(args: argparse.Namespace) -> list:
     """The ClusterSpecs that say how to reach each backend's cluster manager: a job
     file's cluster for its own backend, else that backend's defaults."""
     from .errors import SpecError
-    from .spec import ClusterSpec, JobSpec, load_yaml
+    from .spec import ClusterSpec, load_yaml
     cluster = None
     if args.job:
         data = load_yaml(args.job)
-        cluster = JobSpec.parse(data).cluster if "payload" in data else ClusterSpec.parse(data)
+        # only the cluster section says how to reach the manager (the payload is not
+        # imported: it may not import here)
+        cluster = ClusterSpec.parse(data.get("cluster") or {} if "payload" in data else data)
     names = args.backend or ([cluster.backend] if cluster is not None else [])
     specs = []
     for name in dict.fromkeys(names):
