@@ -87,6 +87,23 @@ def lifecycle(run_dir):
                 if e["topic"] == "daskjob.lifecycle"]
 
 
+def test_importing_dask_jobqueue_keeps_ctrl_c():
+    """dask_jobqueue sets a SIGINT handler that exits when imported; the backend's import
+    keeps the driver's, also from a thread other than the main one."""
+    code = (
+        "import signal, threading\n"
+        "from daskjob.backends import jobqueue\n"
+        "box = {}\n"
+        "t = threading.Thread(target=lambda: box.update(m=jobqueue._import_jobqueue()))\n"
+        "t.start(); t.join()\n"
+        "assert box['m'].SLURMCluster\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "print('kept')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "kept" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_etl_on_slurm_jobs_with_tls_then_a_failing_payload(tmp_path, slurm):
     raw, dest = tmp_path / "raw", tmp_path / "wh"
     write_drop(str(raw), DATE, 3000, seed=1, bad_fraction=0.03, rows_per_file=1500)

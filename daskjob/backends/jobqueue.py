@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,12 +75,32 @@ _SLURM_TIMEOUT = 20.0     # seconds for one squeue/sinfo/scancel call
 _RUN_DIR_PREFIX = "daskjob-jobqueue-"
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _import_jobqueue():
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise ValueError("backend 'jobqueue' needs dask-jobqueue: " + EXTRA_HINT) from None
-    return dask_jobqueue
+    # dask_jobqueue.runner installs a SIGINT handler that raises SystemExit when it is
+    # imported: the driver would lose Ctrl-C's KeyboardInterrupt (and with it the run's
+    # own SIGINT handling), and outside the main thread the import fails outright
+    # ("signal only works in main thread"). So SIGINT is left alone while it imports.
+    with _IMPORT_LOCK:
+        if "dask_jobqueue" in sys.modules:
+            return sys.modules["dask_jobqueue"]
+        real_signal = signal.signal
+
+        def keep_sigint(signum, handler):
+            if signum == signal.SIGINT:
+                return signal.getsignal(signum)
+            return real_signal(signum, handler)
+
+        signal.signal = keep_sigint
+        try:
+            import dask_jobqueue
+        except ImportError:
+            raise ValueError("backend 'jobqueue' needs dask-jobqueue: " + EXTRA_HINT) from None
+        finally:
+            signal.signal = real_signal
+        return dask_jobqueue
 
 
 def _run_dir(base: str | None, run_id: str) -> str:
