@@ -179,11 +179,9 @@ def get_backend(name: str) -> Backend:
 
 # built-in backends register themselves on import; each imports its cluster manager's
 # library (an optional extra) only when it is used
-import importlib as _importlib  # noqa: E402
-
-for _module in ("address", "local", "ssh", "jobqueue", "gateway", "kubernetes"):
-    try:
-        _importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as _e:  # not written yet
-        if _e.name != f"{__name__}.{_module}":
-            raise
+from . import address as _address  # noqa: E402,F401
+from . import gateway as _gateway  # noqa: E402,F401
+from . import jobqueue as _jobqueue  # noqa: E402,F401
+from . import kubernetes as _kubernetes  # noqa: E402,F401
+from . import local as _local  # noqa: E402,F401
+from . import ssh as _ssh  # noqa: E402,F401
