@@ -169,6 +169,8 @@ def test_loopback_tls_run_logs_and_strangers_refused(sshd, records):
     assert rec["scheduler_address"].startswith("tls://")
     assert rec["workers"] == {"expected": 2, "started": 2}
     assert rec["teardown"]["cluster"] == "closed"
+    # the dashboard listens on the scheduler host's loopback only
+    assert rec["dashboard_link"].startswith("http://127.0.0.1:"), rec["dashboard_link"]
     # the backend's own close stopped every remote process: nothing was left to kill
     assert rec["teardown"]["killed_processes"] == []
     steps = [e["data"]["event"] for e in events if e["topic"] == "daskjob.lifecycle"]
@@ -199,6 +201,7 @@ def test_netns_host_runs_workers_and_a_failed_run_leaves_nothing(sshd, records):
     run_dir, rec, events = read_run(records)
     assert rec["status"] == "failed"
     assert rec["scheduler_address"].startswith(f"tls://{driver_address}:")
+    assert rec["dashboard_link"] is None  # on that host's loopback: no link that would work
     seen = next(e["data"] for e in events if e["topic"] == "test.ssh-inspected")
     # both workers listen in the namespace: they run on the second host
     assert len(seen["workers"]) == 2

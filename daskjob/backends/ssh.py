@@ -602,7 +602,9 @@ class SSHBackend(Backend):
             "host": scheduler_host,
             "port": opts.get("scheduler_options", {}).get("port", 0),
             "dashboard": bool(spec.dashboard),
-            "dashboard_address": f"{scheduler_host}:0" if spec.dashboard else None,
+            # on the scheduler host's loopback only (reach it with `ssh -L`): a dashboard
+            # shows task names, code and logs to whoever can connect
+            "dashboard_address": "127.0.0.1:0" if spec.dashboard else None,
             "preload": [IDLE_PRELOAD],
         }
         death_timeout = max(spec.death_timeout_s, MIN_DEATH_TIMEOUT)
@@ -668,10 +670,14 @@ class SSHBackend(Backend):
         return written
 
     def dashboard_link(self, cluster: Any) -> str | None:
+        # the dashboard listens on the scheduler host's loopback: a link only works when
+        # that host is this one's loopback too
         try:
-            return cluster.dashboard_link
+            link = cluster.dashboard_link
         except Exception:
             return None
+        from urllib.parse import urlparse
+        return link if _is_loopback(urlparse(link).hostname or "") else None
 
     def process_ids(self, cluster: Any) -> list[int]:
         # pids are only meaningful here for processes on this machine (a loopback host)
