@@ -704,7 +704,8 @@ class JobRun:
             worker_tb = error["traceback"]
         parts = [f"daskjob run {self.run_id} {status}: {headline}"]
         if worker_tb:
-            parts.append("Traceback (payload / worker side):\n" + worker_tb.rstrip())
+            where = "cluster start" if status == "startup_failed" else "payload / worker side"
+            parts.append(f"Traceback ({where}):\n" + worker_tb.rstrip())
         if tail:
             parts.append("Last worker log lines:\n" + "\n".join(tail))
         if crash:
