@@ -290,3 +290,39 @@ def test_sigkilled_driver_leaves_nothing_and_reaper_works_over_ssh(sshd, records
         for lo in backend.find_leftovers(spec, older_than=0):
             if lo.run_id == fake_run:
                 backend.stop_leftover(spec, lo)
+
+
+def test_scheduler_closes_itself_once_its_client_is_gone(sshd):
+    """The safety net behind the hang-up: SSH sessions still up (a driver that froze, a
+    partition between client and scheduler) but no client: the scheduler closes itself
+    after `client_timeout` and its worker follows."""
+    from distributed import Client
+
+    from daskjob.backends import ClusterContext, get_backend
+    from daskjob.procs import driver_labels, label_env
+    from daskjob.spec import ClusterSpec
+
+    cluster_dict = {**ssh_cluster(sshd, [sshd["SSH_HOST"]], client_timeout="3s"), "n_workers": 1}
+    spec = ClusterSpec.parse(cluster_dict)
+    backend = get_backend("ssh")
+    run_id = f"ssh-client-timeout-{os.getpid()}"
+    labels = {"daskjob/run-id": run_id}
+    ctx = ClusterContext(run_id=run_id, labels={**labels, **driver_labels()},
+                         worker_env=label_env(run_id, labels))
+    cluster = backend.create(spec, ctx)
+    try:
+        backend.scale(cluster, 1)
+        with Client(cluster, set_as_default=False, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        left_at = time.monotonic()
+        time.sleep(1.0)
+        assert any(remote_processes(cluster_dict, run_id).values()), \
+            "the cluster went away before client_timeout"
+        gone = wait_remote_clean(cluster_dict, run_id, timeout=25)
+        since = time.monotonic() - left_at
+        print(f"\nno client for 3s: the run's remote processes gone {since:.1f}s after the "
+              "client left")
+        assert since >= 3.0, since
+    finally:
+        backend.close(cluster, timeout=10)
+    assert gone is not None

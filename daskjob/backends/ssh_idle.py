@@ -32,6 +32,33 @@ def _real_clients(scheduler) -> list[str]:
     return [c for c in scheduler.clients if c != "fire-and-forget"]
 
 
+def _client_watch(scheduler):
+    """A scheduler plugin noting when the last client left (and whether one ever came):
+    exact, where polling scheduler.clients would miss a client that came and went
+    between two checks."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class ClientWatch(SchedulerPlugin):
+        name = "daskjob-ssh-client-watch"
+
+        def __init__(self):
+            self.seen_client = False
+            self.alone_since: float | None = time.monotonic()
+
+        def add_client(self, scheduler, client: str) -> None:
+            if client != "fire-and-forget":
+                self.seen_client = True
+                self.alone_since = None
+
+        def remove_client(self, scheduler, client: str) -> None:
+            if not [c for c in _real_clients(scheduler) if c != client]:
+                self.alone_since = time.monotonic()
+
+    watch = ClientWatch()
+    scheduler.add_plugin(watch)
+    return watch
+
+
 def dask_setup(scheduler) -> None:
     try:
         timeout = float(os.environ.get(ENV_VAR, "0") or 0)
@@ -43,27 +70,21 @@ def dask_setup(scheduler) -> None:
         return
     from tornado.ioloop import PeriodicCallback
 
-    state = {"alone_since": time.monotonic(), "closing": False, "seen_client": False}
+    watch = _client_watch(scheduler)
+    closing = False
 
     def check() -> None:
-        if state["closing"]:
-            return
-        if _real_clients(scheduler):
-            state["alone_since"] = None
-            state["seen_client"] = True
-            return
-        now = time.monotonic()
-        if state["alone_since"] is None:
-            state["alone_since"] = now
+        nonlocal closing
+        if closing or watch.alone_since is None:
             return
         # the driver connects right after the scheduler starts, but a busy machine may
         # take a while: more time for the first client
-        limit = timeout if state["seen_client"] else max(timeout, FIRST_CLIENT_GRACE)
-        if now - state["alone_since"] < limit:
+        limit = timeout if watch.seen_client else max(timeout, FIRST_CLIENT_GRACE)
+        if time.monotonic() - watch.alone_since < limit:
             return
-        state["closing"] = True
+        closing = True
         callback.stop()
-        logger.warning("no client connected for %.0fs: closing the scheduler", timeout)
+        logger.warning("no client connected for %.0fs: closing the scheduler", limit)
         asyncio.ensure_future(scheduler.close(reason="daskjob-ssh-no-client"))
 
     callback = PeriodicCallback(check, _CHECK_EVERY_MS)
