@@ -398,9 +398,14 @@ class JobRun:
             if left <= 0:
                 have = len(self._client.scheduler_info(n_workers=-1)["workers"])
                 tail = "\n".join(collector.log_tail(10))
+                note = None
+                if self.backend.owns_cluster:
+                    with contextlib.suppress(Exception):  # a hint, not worth a second error
+                        note = self.backend.startup_note(self._cluster)
                 raise StartupFailed(
                     f"only {have} of {n} workers arrived within startup_timeout "
-                    f"({self.spec.startup_timeout})" + (f"; last worker log lines:\n{tail}" if tail else ""))
+                    f"({self.spec.startup_timeout})" + (f"; {note}" if note else "")
+                    + (f"; last worker log lines:\n{tail}" if tail else ""))
             try:
                 self._client.wait_for_workers(n, timeout=min(left, 0.5))
                 return

@@ -243,6 +243,19 @@ def test_bad_input_fails_clearly_before_or_at_submission(tmp_path, records, slur
         assert "/nonexistent/python3: No such file or directory" in f.read()
     print(f"worker that cannot start reported in {took:.1f}s")
 
+    # --- a job that cannot start yet (the node has room for one 5 GiB worker, not two):
+    # no verdict until startup_timeout, and then Slurm's own word for the pending job
+    spec = JobSpec(name="pending", payload="jobs:add_up", params={"n": 2},
+                   record_dir=str(records), performance_report=False, startup_timeout="12s",
+                   cluster=cluster(n_workers=2, memory_per_worker="5GiB"))
+    with pytest.raises(StartupFailed) as info:
+        run_job(spec)
+    msg = str(info.value)
+    assert "workers arrived within startup_timeout" in msg and "Slurm says: job " in msg, msg
+    assert "PENDING" in msg, msg
+    assert seconds_until_no_jobs(info.value.record["run_id"]) < CLEAN_WITHIN
+    print("pending job: " + msg.split("Slurm says: ", 1)[1].split(";", 1)[0])
+
 
 def _job_file(tmp_path, records):
     data = {"name": "slurm-kill", "payload": "jobs:sleeps", "params": {"seconds": 300},

@@ -101,6 +101,11 @@ class Backend:
     def dashboard_link(self, cluster: Any) -> str | None:
         return getattr(cluster, "dashboard_link", None)
 
+    def startup_note(self, cluster: Any) -> str | None:
+        """When workers did not all arrive in time: what the cluster manager says about
+        them (a batch job still pending, and why), for the error message."""
+        return None
+
     def stop_restarts(self, cluster: Any) -> None:
         """The run is ending: workers that die from now on are not replaced. Called from
         signal handlers (must only set flags)."""

@@ -399,6 +399,24 @@ class JobqueueBackend(Backend):
         state["verdict"] = (f"all {len(ids)} Slurm worker job(s) ended:\n" + "\n".join(parts))
         return state["verdict"]
 
+    def startup_note(self, cluster: Any) -> str | None:
+        state = getattr(cluster, "_daskjob", None)
+        if state is None or state["scheduler"] != "slurm" or not state["job_cls"].job_ids:
+            return None
+        ids = list(state["job_cls"].job_ids)
+        try:
+            proc = _slurm(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        jobs = []
+        for line in proc.stdout.splitlines():
+            job, state_, reason = (line.split("|") + ["", ""])[:3]
+            if state_.strip() != "RUNNING":
+                why = reason.strip()
+                jobs.append(f"job {job.strip()} {state_.strip()}"
+                            + (f" ({why})" if why and why != "None" else ""))
+        return ("Slurm says: " + ", ".join(jobs)) if jobs else None
+
     def snapshot_logs(self, cluster: Any, logs_dir: str) -> list[str]:
         """The jobs' own output (sbatch --output) into the run record as
         slurm-job-<id>.out; copied again after close, when the jobs have ended."""
