@@ -110,3 +110,18 @@ def only_run(records_dir) -> str:
     runs = [p for p in os.listdir(records_dir) if not p.startswith(".")]
     assert len(runs) == 1, runs
     return os.path.join(records_dir, runs[0])
+
+
+def wait_for_event(records, what: str, timeout: float = 90, proc=None) -> str:
+    """The run folder under `records` whose events mention `what`, once they do. With
+    `proc` (a driver subprocess), fail at once if it ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            assert proc.poll() is None, f"driver ended early: {proc.communicate()}"
+        for run in os.listdir(records):
+            path = os.path.join(records, run, "events.jsonl")
+            if os.path.exists(path) and what in open(path).read():
+                return os.path.join(records, run)
+        time.sleep(0.2)
+    raise AssertionError(f"no {what!r} event within {timeout}s")

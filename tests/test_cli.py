@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, only_run
+from conftest import REPO, only_run, wait_for_event
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -29,17 +29,6 @@ def job_file(tmp_path, records, payload, params=None, name="cli", **extra):
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(data))  # JSON is YAML
     return path
-
-
-def wait_for_event(records, what, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run in os.listdir(records):
-            path = os.path.join(records, run, "events.jsonl")
-            if os.path.exists(path) and what in open(path).read():
-                return os.path.join(records, run)
-        time.sleep(0.2)
-    raise AssertionError(f"no {what!r} event within {timeout}s")
 
 
 def test_run_succeeds_and_show_summarises(tmp_path, records):

@@ -22,7 +22,7 @@ from daskjob.backends import ClusterContext, get_backend
 from daskjob.datasets import write_drop
 from daskjob.errors import SpecError
 
-from conftest import REPO
+from conftest import REPO, wait_for_event
 from services import service
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -269,25 +269,13 @@ def _job_file(tmp_path, records):
     return path
 
 
-def _wait_for_event(records, what, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"driver ended early: {proc.communicate()}"
-        for run in os.listdir(records):
-            path = os.path.join(records, run, "events.jsonl")
-            if os.path.exists(path) and what in open(path).read():
-                return os.path.join(records, run)
-        time.sleep(0.2)
-    raise AssertionError(f"no {what!r} event within {timeout}s")
-
-
 def test_sigkilled_driver_reap_stops_its_jobs(tmp_path, records, slurm):
     job = _job_file(tmp_path, records)
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"), "COLUMNS": "250"}
     proc = subprocess.Popen(DASKJOB + ["run", str(job)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        run_dir = _wait_for_event(records, "payload started", proc)
+        run_dir = wait_for_event(records, "payload started", timeout=120, proc=proc)
         run_id = os.path.basename(run_dir)
         jobs = squeue(run_id)
         assert len(jobs) == 2 and all(j["state"] == "RUNNING" for j in jobs), jobs

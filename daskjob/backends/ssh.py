@@ -397,18 +397,24 @@ def _classes() -> dict[str, type]:
 
 # ------------------------------------------------------------------------------ reaper
 
-# Runs on the remote host with its own python (stdlib only): labelled processes as JSON.
-# Only processes in this session's network namespace: the ones sshd on this host
-# started. (Hosts that share a kernel, such as network namespaces on one machine, see
-# each other's pids in /proc; a pid belongs to the host whose network it lives in.)
-_LIST_SCRIPT = r"""
-import json, os, time
+# Both remote scripts below: a pid belongs to this host only if it lives in this
+# session's network namespace. (Hosts that share a kernel, such as network namespaces on
+# one machine, see each other's pids in /proc; a pid belongs to the host whose network it
+# lives in.)
+_NETNS_PRELUDE = r"""
+import os
 def netns(pid):
     try:
         return os.readlink("/proc/%s/ns/net" % pid)
     except OSError:
         return None
 here = netns("self")
+"""
+
+# Runs on the remote host with its own python (stdlib only): labelled processes as JSON,
+# only those of this host (see _NETNS_PRELUDE).
+_LIST_SCRIPT = r"""
+import json, os, time
 out = []
 ticks = os.sysconf("SC_CLK_TCK")
 with open("/proc/stat") as f:
@@ -444,12 +450,6 @@ print(json.dumps(out))
 _STOP_SCRIPT = r"""
 import json, os, signal, sys, time
 run_id, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
-def netns(pid):
-    try:
-        return os.readlink("/proc/%s/ns/net" % pid)
-    except OSError:
-        return None
-here = netns("self")
 def ours(pid):
     if here is not None and netns(pid) != here:
         return False
@@ -790,9 +790,9 @@ def _run_on_hosts(backend: SSHBackend, spec: "ClusterSpec", what: str, *,
         import asyncssh
         async with asyncssh.connect(h, **connect) as conn:
             if what == "list":
-                cmd = f"{shlex.quote(python)} -c {shlex.quote(_LIST_SCRIPT)}"
+                cmd = f"{shlex.quote(python)} -c {shlex.quote(_NETNS_PRELUDE + _LIST_SCRIPT)}"
             else:
-                cmd = (f"{shlex.quote(python)} -c {shlex.quote(_STOP_SCRIPT)} "
+                cmd = (f"{shlex.quote(python)} -c {shlex.quote(_NETNS_PRELUDE + _STOP_SCRIPT)} "
                        + " ".join(shlex.quote(str(a)) for a in [run_id, *(pids or [])]))
             result = await conn.run(cmd, check=False, timeout=60)
             if result.exit_status != 0:
