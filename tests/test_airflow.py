@@ -57,8 +57,10 @@ def dagbag():
 def records_of(dag_id: str, task_id: str) -> list[dict]:
     out = []
     for run in sorted(os.listdir(RECORDS)) if os.path.isdir(RECORDS) else []:
-        if run.startswith(f"{dag_id}.{task_id}-"):
-            with open(os.path.join(RECORDS, run, "record.json")) as f:
+        path = os.path.join(RECORDS, run, "record.json")
+        # a run folder exists a moment before its first record.json (written atomically)
+        if run.startswith(f"{dag_id}.{task_id}-") and os.path.exists(path):
+            with open(path) as f:
                 out.append(json.load(f))
     return out
 
