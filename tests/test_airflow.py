@@ -417,9 +417,9 @@ def _payload_running(dag_id: str, task_id: str, old: set[str]) -> dict | None:
     for rec in records_of(dag_id, task_id):
         if rec["run_id"] in old:
             continue
-        with open(os.path.join(rec["record_path"], "events.jsonl")) as f:
-            if '"payload started"' in f.read():
-                return rec
+        events = os.path.join(rec["record_path"], "events.jsonl")
+        if os.path.exists(events) and '"payload started"' in open(events).read():
+            return rec
     return None
 
 
