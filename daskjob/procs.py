@@ -69,6 +69,10 @@ def label_env(run_id: str, labels: dict[str, str]) -> dict[str, str]:
         DRIVER_PID_VAR: str(me.pid),
         DRIVER_START_VAR: repr(me.create_time()),
         STARTED_VAR: repr(time.time()),
+        # distributed sets process titles ("dask worker [...]") with setproctitle, which
+        # by default overwrites the memory /proc/PID/environ is read from: the labels
+        # would vanish from exactly the processes the reaper looks for.
+        "SPT_NOENV": "1",
     }
 
 

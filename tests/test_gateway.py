@@ -249,6 +249,11 @@ def test_killed_driver_cluster_is_reaped(gw, gwc, tmp_path, records):
             time.sleep(0.2)
         run_id = json.load(open(os.path.join(only_run(records), "record.json")))["run_id"]
         [cluster] = clusters_of(client, run_id)
+        # the gateway runs its processes on this machine: all carry the run's labels, also
+        # those distributed retitles "dask scheduler [address]" / "dask worker [address]"
+        titles = [" ".join(p.cmdline()) for p, _ in labelled_processes(run_id)]
+        assert any(t.startswith("dask scheduler [") for t in titles), titles
+        assert any(t.startswith("dask worker [") for t in titles), titles
         # no task of the payload's own runs: only the keepalive stops the idle timeout
         time.sleep(float(gw["GATEWAY_IDLE_TIMEOUT"]) + 3)
         assert [c.name for c in clusters_of(client, run_id)] == [cluster.name]

@@ -94,14 +94,20 @@ def netns_hosts(sshd):
     return sshd["SSH_NETNS_HOST"], sshd["SSH_NETNS_DRIVER_ADDRESS"]
 
 
-def remote_processes(cluster: dict, run_id: str) -> dict[str, list[int]]:
-    """Pids carrying `run_id` on each host, as that host sees them (listed over ssh)."""
+def remote_commands(cluster: dict, run_id: str) -> dict[str, dict[int, str]]:
+    """Pid -> command line of the processes carrying `run_id` on each host, as that host
+    sees them (listed over ssh, the way the reaper lists them)."""
     from daskjob.backends.ssh import _run_on_hosts
     from daskjob.spec import ClusterSpec
     spec = ClusterSpec.parse(cluster)
     listing = _run_on_hosts(daskjob.backends.get_backend("ssh"), spec, "list")
     assert set(listing) == set(dict.fromkeys(spec.options["hosts"])), "a host was not reachable"
-    return {h: [p["pid"] for p in ps if p["run_id"] == run_id] for h, ps in listing.items()}
+    return {h: {p["pid"]: p["cmd"] for p in ps if p["run_id"] == run_id}
+            for h, ps in listing.items()}
+
+
+def remote_processes(cluster: dict, run_id: str) -> dict[str, list[int]]:
+    return {h: list(cmds) for h, cmds in remote_commands(cluster, run_id).items()}
 
 
 def wait_remote_clean(cluster: dict, run_id: str, timeout: float = CLEAN_WITHIN) -> float:
@@ -238,8 +244,11 @@ def test_sigkilled_driver_leaves_nothing_and_reaper_works_over_ssh(sshd, records
             time.sleep(0.2)
         assert run_dir, f"the payload did not start (driver exit code {proc.poll()})"
         run_id = os.path.basename(run_dir)
-        before = remote_processes(cluster, run_id)
+        before = remote_commands(cluster, run_id)
         assert before[host] and before[sshd["SSH_HOST"]], before  # workers there, scheduler here
+        # the worker processes themselves too: distributed retitles them "dask worker
+        # [address]", which must not wipe the labels the reaper reads from /proc
+        assert any(c.startswith("dask worker [") for c in before[host].values()), before
         proc.kill()
         proc.wait()
         gone = wait_remote_clean(cluster, run_id)
