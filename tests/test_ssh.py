@@ -97,10 +97,9 @@ def netns_hosts(sshd):
 def remote_commands(cluster: dict, run_id: str) -> dict[str, dict[int, str]]:
     """Pid -> command line of the processes carrying `run_id` on each host, as that host
     sees them (listed over ssh, the way the reaper lists them)."""
-    from daskjob.backends.ssh import _run_on_hosts
     from daskjob.spec import ClusterSpec
     spec = ClusterSpec.parse(cluster)
-    listing = _run_on_hosts(daskjob.backends.get_backend("ssh"), spec, "list")
+    listing = daskjob.backends.get_backend("ssh")._on_hosts(spec, "list")
     assert set(listing) == set(dict.fromkeys(spec.options["hosts"])), "a host was not reachable"
     return {h: {p["pid"]: p["cmd"] for p in ps if p["run_id"] == run_id}
             for h, ps in listing.items()}

@@ -13,8 +13,8 @@ not do by itself:
   worker then blocks on a full pipe) and kept as a tail for error messages;
 - close() confirms on each host that the process group is gone, and kills it if not;
 - every process carries the run's labels (DASKJOB_RUN_ID, ...) in its environment, so
-  `daskjob reap --backend ssh` finds what a killed driver left on any host (over ssh,
-  with a stdlib-only script: the remote host may not have daskjob installed);
+  `daskjob reap --backend ssh` finds what a killed driver left on any host (ssh_reap:
+  over ssh, with stdlib-only scripts, since the remote host may not have daskjob);
 - the dask config (with the run's TLS credentials, PEM text) travels in the command
   line of each process, also to workers added later by scale();
 - the scheduler closes itself when no client has been connected for `client_timeout`
@@ -28,7 +28,6 @@ import collections
 import contextlib
 import copy
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -38,7 +37,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import Backend, ClusterContext, Leftover, register_backend
+from . import Backend, ClusterContext, Leftover, register_backend, ssh_reap
+from .ssh_reap import is_loopback
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
@@ -73,15 +73,6 @@ _RESERVED_SCHEDULER = {"protocol", "security", "host", "preload", "dashboard_add
 _RESERVED_WORKER = {"nthreads", "memory_limit", "death_timeout", "preload", "security",
                     "protocol", "env", "n_workers", "name"}
 _CREDENTIAL_KEYS = {"password", "passphrase", "client_keys_passphrase"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _quiet_asyncssh() -> None:
@@ -395,88 +386,6 @@ def _classes() -> dict[str, type]:
     return _CLASSES
 
 
-# ------------------------------------------------------------------------------ reaper
-
-# Both remote scripts below: a pid belongs to this host only if it lives in this
-# session's network namespace. (Hosts that share a kernel, such as network namespaces on
-# one machine, see each other's pids in /proc; a pid belongs to the host whose network it
-# lives in.)
-_NETNS_PRELUDE = r"""
-import os
-def netns(pid):
-    try:
-        return os.readlink("/proc/%s/ns/net" % pid)
-    except OSError:
-        return None
-here = netns("self")
-"""
-
-# Runs on the remote host with its own python (stdlib only): labelled processes as JSON,
-# only those of this host (see _NETNS_PRELUDE).
-_LIST_SCRIPT = r"""
-import json, os, time
-out = []
-ticks = os.sysconf("SC_CLK_TCK")
-with open("/proc/stat") as f:
-    boot = float(next(l for l in f if l.startswith("btime")).split()[1])
-for d in os.listdir("/proc"):
-    if not d.isdigit() or int(d) == os.getpid():
-        continue
-    try:
-        with open("/proc/%s/environ" % d, "rb") as f:
-            raw = f.read()
-        env = dict(kv.split(b"=", 1) for kv in raw.split(b"\0") if b"=" in kv)
-        run_id = env.get(b"DASKJOB_RUN_ID")
-        if not run_id or (here is not None and netns(d) != here):
-            continue
-        with open("/proc/%s/cmdline" % d, "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open("/proc/%s/stat" % d) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        started = boot + int(fields[19]) / ticks
-    except (OSError, ValueError, IndexError):
-        continue
-    g = lambda k: env.get(k, b"").decode(errors="replace")
-    out.append({"pid": int(d), "run_id": run_id.decode(errors="replace"),
-                "driver": g(b"DASKJOB_DRIVER"), "started": g(b"DASKJOB_STARTED"),
-                "driver_pid": g(b"DASKJOB_DRIVER_PID"), "driver_start": g(b"DASKJOB_DRIVER_START"),
-                "proc_started": started, "cmd": cmd[:300]})
-print(json.dumps(out))
-"""
-
-# Stops the given pids, each only if it still carries the run's label. Prints JSON.
-_STOP_SCRIPT = r"""
-import json, os, signal, sys, time
-run_id, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
-def ours(pid):
-    if here is not None and netns(pid) != here:
-        return False
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as f:
-            env = f.read().split(b"\0")
-        with open("/proc/%d/stat" % pid) as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except OSError:
-        return False
-    return ("DASKJOB_RUN_ID=" + run_id).encode() in env
-mine = [p for p in pids if ours(p)]
-for p in mine:
-    try: os.kill(p, signal.SIGTERM)
-    except OSError: pass
-deadline = time.time() + 5
-while time.time() < deadline and any(ours(p) for p in mine):
-    time.sleep(0.1)
-left = [p for p in mine if ours(p)]
-for p in left:
-    try: os.kill(p, signal.SIGKILL)
-    except OSError: pass
-print(json.dumps({"signalled": mine, "killed": left}))
-"""
-
-
 # ----------------------------------------------------------------------------- backend
 
 @register_backend
@@ -677,12 +586,12 @@ class SSHBackend(Backend):
         except Exception:
             return None
         from urllib.parse import urlparse
-        return link if _is_loopback(urlparse(link).hostname or "") else None
+        return link if is_loopback(urlparse(link).hostname or "") else None
 
     def process_ids(self, cluster: Any) -> list[int]:
         # pids are only meaningful here for processes on this machine (a loopback host)
         return [p.remote_pid for p in list(getattr(cluster, "remote_processes", []))
-                if p.remote_pid and _is_loopback(p.host) and not p._stopped]
+                if p.remote_pid and is_loopback(p.host) and not p._stopped]
 
     def close(self, cluster: Any, timeout: float) -> None:
         # A worker still starting holds the cluster's lock, which close() waits for:
@@ -730,87 +639,21 @@ class SSHBackend(Backend):
         except Exception as e:
             logger.warning("ssh: could not hang up %d remote process(es): %s", len(rest), e)
 
-    # -- reaper
+    # -- reaper (see ssh_reap)
     def find_leftovers(self, spec: "ClusterSpec", older_than: float) -> list[Leftover]:
-        from ..procs import (DRIVER_PID_VAR, DRIVER_START_VAR, driver_alive,
-                             driver_label_alive)
         _quiet_asyncssh()
-
-        found: list[Leftover] = []
-        now = time.time()
-        for host, procs in _run_on_hosts(self, spec, "list").items():
-            by_run: dict[str, list[dict]] = {}
-            for p in procs:
-                if p.get("driver"):
-                    alive = driver_label_alive(p["driver"])
-                elif _is_loopback(host):
-                    # started without the label (not by this backend): a process here,
-                    # so its driver pid is one of ours to check
-                    alive = driver_alive({DRIVER_PID_VAR: p.get("driver_pid") or "0",
-                                          DRIVER_START_VAR: p.get("driver_start") or "0"})
-                else:
-                    alive = None  # the driver ran somewhere else: by age alone
-                if alive:
-                    continue
-                try:
-                    started = float(p.get("started") or p["proc_started"])
-                except (TypeError, ValueError):
-                    started = float(p["proc_started"])
-                age = now - started
-                if age < older_than:
-                    continue
-                p["age"] = age
-                by_run.setdefault(p["run_id"], []).append(p)
-            for run_id, ps in sorted(by_run.items()):
-                pids = sorted(p["pid"] for p in ps)
-                found.append(Leftover(
-                    backend=self.name, run_id=run_id,
-                    name=f"{host}: pid {', '.join(map(str, pids))}",
-                    age_s=max(p["age"] for p in ps),
-                    detail=ps[0]["cmd"], handle={"host": host, "pids": pids}))
-        return found
+        return ssh_reap.leftovers(self.name, self._on_hosts(spec, "list"), older_than)
 
     def stop_leftover(self, spec: "ClusterSpec", leftover: Leftover) -> None:
         handle = leftover.handle or {}
         host, pids = handle.get("host"), handle.get("pids")
         if not host or not pids:
             raise ValueError(f"leftover {leftover.name} has no host/pids to stop")
-        _run_on_hosts(self, spec, "stop", host=host, run_id=leftover.run_id, pids=pids)
+        self._on_hosts(spec, "stop", host=host, run_id=leftover.run_id, pids=pids)
 
-
-def _run_on_hosts(backend: SSHBackend, spec: "ClusterSpec", what: str, *,
-                  host: str | None = None, run_id: str = "", pids: list[int] | None = None
-                  ) -> dict[str, Any]:
-    """Run the list script on every host of the spec, or the stop script on one."""
-    connect = backend._connect_options(spec)
-    python = spec.options.get("remote_python") or sys.executable
-    hosts = [host] if host else list(dict.fromkeys(h.strip() for h in spec.options["hosts"]))
-
-    async def one(h: str):
-        import asyncssh
-        async with asyncssh.connect(h, **connect) as conn:
-            if what == "list":
-                cmd = f"{shlex.quote(python)} -c {shlex.quote(_NETNS_PRELUDE + _LIST_SCRIPT)}"
-            else:
-                cmd = (f"{shlex.quote(python)} -c {shlex.quote(_NETNS_PRELUDE + _STOP_SCRIPT)} "
-                       + " ".join(shlex.quote(str(a)) for a in [run_id, *(pids or [])]))
-            result = await conn.run(cmd, check=False, timeout=60)
-            if result.exit_status != 0:
-                raise RuntimeError(f"{what} on {h} failed (exit {result.exit_status}): "
-                                   f"{(result.stderr or '').strip()[-500:]}")
-            return json.loads(result.stdout)
-
-    async def all_hosts():
-        results = await asyncio.gather(*(one(h) for h in hosts), return_exceptions=True)
-        out = {}
-        for h, r in zip(hosts, results):
-            if isinstance(r, BaseException):
-                if what == "stop":
-                    raise r
-                logger.warning("ssh reaper: could not look at %s: %s", h, r)
-                continue
-            out[h] = r
-        return out
-
-    return asyncio.run(all_hosts())
-
+    def _on_hosts(self, spec: "ClusterSpec", what: str, *, host: str | None = None,
+                  **kwargs) -> dict[str, Any]:
+        """ssh_reap.run_on_hosts on the spec's hosts (or on `host`)."""
+        python = spec.options.get("remote_python") or sys.executable
+        hosts = [host] if host else list(dict.fromkeys(h.strip() for h in spec.options["hosts"]))
+        return ssh_reap.run_on_hosts(self._connect_options(spec), python, hosts, what, **kwargs)
