@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -130,19 +131,35 @@ def test_grandchildren_are_stopped(records):
     assert rec["teardown"]["cluster"] == "closed"
 
 
+class _Kept(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 def test_cancel_from_another_thread(records):
     run = JobRun(spec(records, "jobs:sleeps", params={"seconds": 120}))
     timer = threading.Timer(8, run.cancel, kwargs={"reason": "operator asked"})
     timer.start()
+    # the nannies run in this process: their warnings say whether a worker was killed
+    nanny_log = _Kept()
+    logging.getLogger("distributed.nanny").addHandler(nanny_log)
     t = time.monotonic()
     try:
         with pytest.raises(JobCancelled) as info:
             run.run()
     finally:
         timer.cancel()
+        logging.getLogger("distributed.nanny").removeHandler(nanny_log)
     assert "operator asked" in str(info.value)
     assert time.monotonic() - t < 40
     check_failed_record(records, "cancelled")
+    # workers busy in a task close without waiting for it: none had to be killed after
+    # the nanny's grace (which held teardown for 4 s, near Airflow's 5 s to SIGKILL)
+    assert not [m for m in nanny_log.lines if "killing" in m], nanny_log.lines
 
 
 def test_cancel_while_workers_start_closes_promptly(records):

@@ -143,6 +143,16 @@ class RecordingNanny(Nanny):
             return
         await super()._on_worker_exit(exitcode)
 
+    async def kill(self, timeout: float = 5, reason: str = "nanny-kill") -> None:
+        if self.stopping and self.process is not None:
+            # The run is over and its tasks' results are not wanted: the worker closes
+            # without waiting for running tasks. Otherwise a task that sleeps or hangs
+            # holds teardown for 0.8 * timeout before the worker is killed, close to the
+            # 5 s Airflow leaves between SIGTERM and SIGKILL.
+            await self.process.kill(timeout=timeout, executor_wait=False, reason=reason)
+            return
+        await super().kill(timeout=timeout, reason=reason)
+
     async def instantiate(self):
         # also when the nanny restarts a worker that died mid-run
         with _SPAWN_ENV.scrubbed(self.drop_env), _MAIN.hidden():
