@@ -4,6 +4,7 @@ daskjob run, no listening port of ours left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -110,6 +111,16 @@ def only_run(records_dir) -> str:
     runs = [p for p in os.listdir(records_dir) if not p.startswith(".")]
     assert len(runs) == 1, runs
     return os.path.join(records_dir, runs[0])
+
+
+def read_run(records) -> tuple[str, dict, list[dict]]:
+    """The only run under `records`: its folder, record.json and events.jsonl."""
+    run_dir = only_run(records)
+    with open(os.path.join(run_dir, "record.json")) as f:
+        rec = json.load(f)
+    with open(os.path.join(run_dir, "events.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    return run_dir, rec, events
 
 
 def wait_for_event(records, what: str, timeout: float = 90, proc=None) -> str:

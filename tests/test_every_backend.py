@@ -24,7 +24,7 @@ import pytest
 from daskjob.reap import find_backend_leftovers, find_orphans
 from daskjob.spec import ClusterSpec
 
-from conftest import REPO, only_run, wait_for_event
+from conftest import REPO, read_run, wait_for_event
 from services import service
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -76,15 +76,6 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> str:
         raise AssertionError(f"the driver did not end within {timeout}s:\n{out[-3000:]}")
     assert proc.returncode == 1, f"exit code {proc.returncode}:\n{out[-3000:]}"
     return out
-
-
-def read_run(records) -> tuple[str, dict, list[dict]]:
-    run_dir = only_run(records)
-    with open(os.path.join(run_dir, "record.json")) as f:
-        rec = json.load(f)
-    with open(os.path.join(run_dir, "events.jsonl")) as f:
-        events = [json.loads(line) for line in f]
-    return run_dir, rec, events
 
 
 def assert_torn_down(rec: dict, events: list[dict]) -> None:

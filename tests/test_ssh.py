@@ -20,7 +20,7 @@ import pytest
 import daskjob
 
 try:
-    from conftest import REPO, only_run
+    from conftest import REPO, read_run
     from services import service
 except ImportError:  # this module recreated on a remote worker: only the helpers matter
     pass
@@ -117,15 +117,6 @@ def wait_remote_clean(cluster: dict, run_id: str, timeout: float = CLEAN_WITHIN)
             return time.monotonic() - t
         assert time.monotonic() - t < timeout, f"still running after {timeout}s: {left}"
         time.sleep(0.2)
-
-
-def read_run(records):
-    run_dir = only_run(records)
-    with open(os.path.join(run_dir, "record.json")) as f:
-        rec = json.load(f)
-    with open(os.path.join(run_dir, "events.jsonl")) as f:
-        events = [json.loads(line) for line in f]
-    return run_dir, rec, events
 
 
 def worker_log_text(run_dir) -> str:
