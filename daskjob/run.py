@@ -83,7 +83,9 @@ class _Phases:
 
 
 _LIVE: "weakref.WeakSet[JobRun]" = weakref.WeakSet()
-_LIVE_LOCK = threading.Lock()
+# reentrant: cancel_all() runs in signal handlers, on the main thread, which may be
+# holding it at that moment
+_LIVE_LOCK = threading.RLock()
 
 
 def active_clients() -> list[Client]:
@@ -151,8 +153,7 @@ class JobRun:
         self.extra_drop_env = list(drop_env or [])
         self.run_id = run_id or new_run_id(self.spec.name)
         self.backend = get_backend(self.spec.cluster.backend)
-        self._cancel = threading.Event()
-        self._cancel_reason = ""
+        self._cancel_reason: str | None = None  # set by cancel(); waits poll it
         self._client: Client | None = None
         self._cluster: Any = None
         self._script: subprocess.Popen | None = None
@@ -166,11 +167,13 @@ class JobRun:
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop; run() then tears down and raises JobCancelled.
 
-        Safe from signal handlers and other threads: it only sets a flag (and stops a
-        script payload's process group, which cannot be interrupted otherwise)."""
-        if not self._cancel.is_set():
-            self._cancel_reason = reason
-            self._cancel.set()
+        Safe from signal handlers and other threads: it takes no lock and only sets
+        flags, which every wait looks at every _POLL seconds. (A signal handler runs on
+        the main thread between two bytecodes, maybe while that thread holds a lock:
+        threading.Event.set() there deadlocked a run waiting in Event.wait() until
+        Airflow's SIGKILL.)"""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "cancelled"
         cluster = self._cluster
         if cluster is not None:
             with contextlib.suppress(Exception):
@@ -189,15 +192,15 @@ class JobRun:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel_reason is not None
 
     def _check_cancel(self) -> None:
-        if self._cancel.is_set():
-            raise _Cancelled(self._cancel_reason or "cancelled")
+        if self._cancel_reason is not None:
+            raise _Cancelled(self._cancel_reason)
 
     def _sleep(self, seconds: float) -> None:
-        if self._cancel.wait(seconds):
-            self._check_cancel()
+        time.sleep(seconds)
+        self._check_cancel()
 
     # --------------------------------------------------------------------- run
     def run(self) -> JobResult:
@@ -564,7 +567,7 @@ class JobRun:
     def _finish_report(self, report, record) -> None:
         if report is None:
             return
-        if self._cancel.is_set() or self._client.status != "running":
+        if self.cancelled or self._client.status != "running":
             return  # not worth delaying a cancelled run's teardown for a report
         try:
             with self._client.as_current():

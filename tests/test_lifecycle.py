@@ -162,6 +162,42 @@ def test_cancel_from_another_thread(records):
     assert not [m for m in nanny_log.lines if "killing" in m], nanny_log.lines
 
 
+def test_cancel_takes_no_lock_so_signal_handlers_cannot_deadlock(records):
+    """Airflow's on_kill and daskjob's own SIGTERM handler call cancel() in a signal
+    handler, on the main thread, between two bytecodes: maybe while that thread holds a
+    lock inside a wait. A lock taken by cancel() could then never be released (once,
+    threading.Event.set() hung a run until Airflow's SIGKILL)."""
+    import daskjob.run as run_module
+    run = JobRun(spec(records, "jobs:sleeps"))
+    taken = []
+
+    def watch(frame, event, arg):
+        if event == "c_call" and getattr(arg, "__name__", "") in ("acquire", "__enter__"):
+            taken.append(repr(arg))
+
+    sys.setprofile(watch)
+    try:
+        run.cancel("from a signal handler")
+    finally:
+        sys.setprofile(None)
+    assert not taken, taken
+    assert run.cancelled
+
+    # cancel_all() takes the registry's lock: reentrant, so a handler that interrupts
+    # the main thread while it holds the lock does not wait for itself
+    done = threading.Event()
+
+    def holder():
+        with run_module._LIVE_LOCK:
+            run_module.cancel_all("nested")
+            done.set()
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    t.join(5)
+    assert done.is_set(), "cancel_all() blocked on a lock its own thread holds"
+
+
 def test_cancel_while_workers_start_closes_promptly(records):
     # the nannies are mid-start: a plain close waits on them, then times out
     holder = {}
