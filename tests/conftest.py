@@ -5,6 +5,7 @@ daskjob run, no listening port of ours left behind."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -111,6 +112,17 @@ def only_run(records_dir) -> str:
     runs = [p for p in os.listdir(records_dir) if not p.startswith(".")]
     assert len(runs) == 1, runs
     return os.path.join(records_dir, runs[0])
+
+
+class LogLines(logging.Handler):
+    """Keeps the messages of the records it handles (add it to a logger under test)."""
+
+    def __init__(self, level: int = logging.DEBUG):
+        super().__init__(level)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def read_run(records) -> tuple[str, dict, list[dict]]:

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from flytekit.configuration import Image, ImageConfig, SerializationSettings  # noqa: E402
 from flytekit.tools.translator import get_serializable  # noqa: E402
 
-from conftest import REPO, only_run  # noqa: E402
+from conftest import REPO, LogLines, only_run  # noqa: E402
 from daskjob import ClusterSpec, SpecError  # noqa: E402
 from flyte_plugin import (DaskTaskFailed, DaskTaskStartupFailed, dask_task,  # noqa: E402
                           execution_labels)
@@ -54,21 +54,12 @@ def flyte_dirs(tmp_path, monkeypatch):
         yield data, runs
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture
 def flytekit_log():
     """Everything logged on flytekit's logger tree (flytekit itself stays at WARNING
     unless asked; the deck path is an INFO line of its own)."""
     root = logging.getLogger("flytekit")
-    handler, level = _Lines(), root.level
+    handler, level = LogLines(), root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     yield handler.lines

@@ -20,7 +20,7 @@ import daskjob
 from daskjob import (ClusterSpec, JobCancelled, JobFailed, JobRun, JobSpec, JobTimedOut,
                      StartupFailed, run_job)
 
-from conftest import REPO, only_run
+from conftest import REPO, LogLines, only_run
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -131,21 +131,12 @@ def test_grandchildren_are_stopped(records):
     assert rec["teardown"]["cluster"] == "closed"
 
 
-class _Kept(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def test_cancel_from_another_thread(records):
     run = JobRun(spec(records, "jobs:sleeps", params={"seconds": 120}))
     timer = threading.Timer(8, run.cancel, kwargs={"reason": "operator asked"})
     timer.start()
     # the nannies run in this process: their warnings say whether a worker was killed
-    nanny_log = _Kept()
+    nanny_log = LogLines(logging.WARNING)
     logging.getLogger("distributed.nanny").addHandler(nanny_log)
     t = time.monotonic()
     try:
