@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from .dask_logs import is_dask_logger
+
 LOG_TOPIC = "daskjob.log"
 FIREHOSE_TOPIC = "daskjob.firehose"
 BARRIER_TOPIC = "daskjob.barrier"
@@ -341,12 +343,13 @@ class Collector:
 
     def __init__(self, events_path: str, logs_dir: str, *, run_id: str,
                  on_event: Callable[[dict], Any] | None = None, forward_logs: bool = True,
-                 tail_lines: int = 50):
+                 tail_lines: int = 50, dask_log_level: int = logging.WARNING):
         self.events_path = events_path
         self.logs_dir = logs_dir
         self.run_id = run_id
         self.on_event = on_event
         self.forward_logs = forward_logs
+        self.dask_log_level = dask_log_level
         self.event_count = 0
         self.log_line_count = 0
         self.topics: dict[str, int] = defaultdict(int)
@@ -502,10 +505,12 @@ class Collector:
         f.write(line + "\n")
         self.log_line_count += 1
         self.tails[source].append(line)
-        if self.forward_logs:
-            level = logging.getLevelName(str(msg.get("level", "INFO")))
-            worker_log.log(level if isinstance(level, int) else logging.INFO, "[%s] %s: %s",
-                           source, msg.get("logger", ""), msg.get("message", ""))
+        level = logging.getLevelName(str(msg.get("level", "INFO")))
+        level = level if isinstance(level, int) else logging.INFO
+        if self.forward_logs and (level >= self.dask_log_level
+                                  or not is_dask_logger(str(msg.get("logger", "")))):
+            worker_log.log(level, "[%s] %s: %s", source, msg.get("logger", ""),
+                           msg.get("message", ""))
 
     # ----------------------------------------------------------------------- barrier
     def wait_barrier(self, token: str, workers: set[str], timeout: float) -> bool:

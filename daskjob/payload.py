@@ -116,16 +116,29 @@ def resolve(payload: Any) -> ResolvedPayload:
         return ResolvedPayload(kind="script", label=payload, script=payload,
                                worker_sys_path=[folder])
     fn = import_reference(payload) if isinstance(payload, str) else payload
-    label = payload if isinstance(payload, str) else (
-        f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}")
     try:
         wants_client = "client" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         wants_client = False
     module, roots = _code_roots(fn)
-    return ResolvedPayload(kind="callable", label=label, fn=fn, wants_client=wants_client,
-                           worker_sys_path=roots, module=module,
+    return ResolvedPayload(kind="callable", label=describe_payload(payload), fn=fn,
+                           wants_client=wants_client, worker_sys_path=roots, module=module,
                            importable_by_name=bool(roots) or module is None)
+
+
+def describe_payload(payload: Any) -> str:
+    """A payload's name in logs and records: the reference or script path as given, else
+    `module:function`; for a function from a file that cannot be imported by its module
+    name (a DAG file, which Airflow loads as `unusual_prefix_<sha1>_<name>`),
+    `<file>.py:function`."""
+    if isinstance(payload, str):
+        return payload
+    qualname = getattr(payload, "__qualname__", None) or type(payload).__name__
+    module, roots = _code_roots(payload)
+    file = _module_file(payload)
+    if module is not None and not roots and file:
+        return f"{os.path.basename(file)}:{qualname}"
+    return f"{getattr(payload, '__module__', None) or '?'}:{qualname}"
 
 
 def _installed_dirs() -> list[str]:
@@ -134,18 +147,29 @@ def _installed_dirs() -> list[str]:
     return [os.path.realpath(d) for d in dirs if d]
 
 
+def _module_file(fn: Any) -> str | None:
+    # a function's globals are its module's namespace, also while the module is out of
+    # sys.modules (see by_value)
+    file = (getattr(fn, "__globals__", None) or {}).get("__file__")
+    if file is None:
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        file = getattr(module, "__file__", None)
+    return file
+
+
 def _code_roots(fn: Callable[..., Any]) -> tuple[str | None, list[str]]:
     """Where the payload's module lives, when workers could not import it by name.
 
     A module imported from a loose file (a DAG folder, a workflow file loaded by
     pyflyte, a script's sibling) is found by workers only if its import root is on
-    their sys.path; remote workers get the module pickled by value instead.
+    their sys.path; remote workers get the module pickled by value instead. Returns
+    (None, []) for installed code and __main__, and (module, []) when no folder makes
+    the module importable by its name.
     """
     module_name = getattr(fn, "__module__", None)
     if not module_name or module_name == "__main__":
         return None, []  # cloudpickle already ships __main__ code by value
-    module = sys.modules.get(module_name)
-    file = getattr(module, "__file__", None)
+    file = _module_file(fn)
     if not file:
         return None, []
     real = os.path.realpath(file)

@@ -38,10 +38,12 @@ from .backends import ClusterContext, get_backend
 from .errors import JobCancelled, JobFailed, JobTimedOut, SpecError, StartupFailed
 from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
                       _emit_barrier)
-from .payload import ResolvedPayload, module_source, resolve
+from .by_value import shipped_by_value
+from .dask_logs import dask_log_level, quiet_dask_logs
+from .payload import ResolvedPayload, describe_payload, module_source, resolve
 from .procs import driver_labels, label_env, process_tree, stop_run_processes, terminate
 from .record import RecordDir, redact
-from .spec import JobSpec, describe_payload, load_yaml
+from .spec import JobSpec, load_yaml
 
 logger = logging.getLogger("daskjob")
 
@@ -153,6 +155,7 @@ class JobRun:
         self.extra_drop_env = list(drop_env or [])
         self.run_id = run_id or new_run_id(self.spec.name)
         self.backend = get_backend(self.spec.cluster.backend)
+        self.dashboard_link: str | None = None  # once the cluster is up
         self._cancel_reason: str | None = None  # set by cancel(); waits poll it
         self._client: Client | None = None
         self._cluster: Any = None
@@ -220,7 +223,8 @@ class JobRun:
         }
         recdir.write_json("record.json", record)
         collector = Collector(recdir.events_path, recdir.logs_dir, run_id=self.run_id,
-                              on_event=self.on_event, forward_logs=spec.forward_logs)
+                              on_event=self.on_event, forward_logs=spec.forward_logs,
+                              dask_log_level=dask_log_level())
         self._collector = collector
         value: Any = None
         failure: BaseException | None = None
@@ -231,6 +235,7 @@ class JobRun:
                             payload=record["payload"])
         try:
             with contextlib.ExitStack() as stack:
+                stack.enter_context(quiet_dask_logs(collector.dask_log_level))
                 stack.callback(self._teardown, record, phases, collector)
                 try:
                     value = self._lifecycle(record, phases, collector, recdir)
@@ -297,6 +302,7 @@ class JobRun:
             record["scheduler_address"] = self._client.scheduler.address
             record["dashboard_link"] = (self.backend.dashboard_link(self._cluster)
                                         if spec.cluster.dashboard else None)
+            self.dashboard_link = record["dashboard_link"]
             self._attach_observers(payload, ctx, collector)
             collector.lifecycle("provisioned", scheduler=record["scheduler_address"],
                                 dashboard=record["dashboard_link"])
@@ -321,7 +327,8 @@ class JobRun:
                 if payload.kind == "script":
                     value = self._run_script(payload, collector, timeout)
                 else:
-                    value = self._run_callable(payload, timeout)
+                    with shipped_by_value(None if payload.importable_by_name else payload.module):
+                        value = self._run_callable(payload, timeout)
             finally:
                 self._finish_report(report, record)
             collector.lifecycle("payload finished")
@@ -369,14 +376,14 @@ class JobRun:
     def _attach_observers(self, payload: ResolvedPayload, ctx: ClusterContext,
                           collector: Collector) -> None:
         client = self._client
-        # A module that workers cannot import by name (a DAG file Airflow loaded as
-        # "unusual_prefix_...", a loose file on a machine workers do not share) is
-        # recreated on each worker, and on the scheduler, which unpickles task graphs,
-        # from its source. cloudpickle's pickle-by-value is not enough: distributed
-        # decides per top-level object, so a function from such a module inside a task
-        # is still pickled by reference.
+        # A loose module that workers could import by name if they shared our files is
+        # recreated on each remote worker, and on the scheduler, which unpickles task
+        # graphs, from its source. (cloudpickle's pickle-by-value is not enough here:
+        # distributed decides per top-level object, so a function from such a module
+        # inside a task is still pickled by reference.) A module that no worker can
+        # import by name, such as a DAG file, travels by value instead: see by_value.
         ship = {}
-        if payload.module and (not payload.importable_by_name or not self.backend.shares_filesystem):
+        if payload.module and payload.importable_by_name and not self.backend.shares_filesystem:
             ship = module_source(payload.module)
         client.subscribe_topic(FIREHOSE_TOPIC, collector.on_firehose)
         client.register_plugin(FirehosePlugin(client.id, name=f"daskjob-firehose-{self.run_id}",

@@ -33,6 +33,18 @@ class _Strict(BaseModel):
                               validate_default=True)  # defaults from dask.config are input too
     _whole_model_label: ClassVar[str] = "spec"
 
+    def __init__(self, /, **data: Any) -> None:
+        # `JobSpec(...)` fails like `JobSpec.parse(...)`: one SpecError naming the fields
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise SpecError(format_validation_error(type(self).__name__, e,
+                                                    self._whole_model_label)) from None
+
+    # as pydantic marks BaseModel.__init__ (and RootModel's): a spec nested in another is
+    # still validated in one pass, so its errors keep their whole path (cluster.n_workers)
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def parse(cls, data: Any):
         """Validate `data` and turn pydantic's errors into one readable SpecError."""
@@ -251,7 +263,9 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _worker_settings(self):
         from .config import worker_dask_config
+        from .dask_logs import dask_log_level
         worker_dask_config(report=False)  # daskjob.worker-profile*: checked before any process
+        dask_log_level()
         return self
 
     @model_validator(mode="after")
@@ -286,6 +300,7 @@ class JobSpec(_Strict):
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-safe data, with secret-looking values hidden."""
+        from .payload import describe_payload
         from .record import redact
         data = self.model_dump(mode="python")
         data["payload"] = describe_payload(self.payload)
@@ -310,11 +325,3 @@ def load_yaml(path: str | os.PathLike, *, params: dict[str, Any] | None = None) 
     if params:
         data["params"] = {**(data.get("params") or {}), **params}
     return data
-
-
-def describe_payload(payload: Any) -> str:
-    if isinstance(payload, str):
-        return payload
-    mod = getattr(payload, "__module__", None) or "?"
-    qual = getattr(payload, "__qualname__", None) or type(payload).__name__
-    return f"{mod}:{qual}"

@@ -1,15 +1,18 @@
 """@task.dask: the decorated function is the payload, run on an ephemeral Dask cluster.
 
     @task.dask(cluster={"n_workers": 2}, job_timeout="10m")
-    def total(n: int) -> int:
-        from distributed import get_client
-        client = get_client()                       # the task's own cluster
+    def total(n: int, client) -> int:               # `client`: the task's own cluster
         return sum(client.gather(client.map(lambda x: x * x, range(n))))
+
+Arguments work as with `@task`: positional and keyword arguments, defaults, XCom
+inputs, `.partial()` / `.expand()` / `.expand_kwargs()`, `multiple_outputs`, and context
+values by name (`ds`, `ti`, `logical_date`, ...). A parameter named `client` gets the
+run's Dask client and is not an argument of the task.
 """
 
 from __future__ import annotations
 
-import datetime
+import functools
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -18,15 +21,32 @@ from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
 
 from ..operators.dask import DaskOperator
 
+CLIENT_PARAMETER = "client"
+
+
+def _task_arguments(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` as Airflow should see it when it checks the task's arguments: without the
+    `client` parameter, which daskjob fills in."""
+    sig = inspect.signature(fn)
+    if CLIENT_PARAMETER not in sig.parameters:
+        return fn
+
+    @functools.wraps(fn)
+    def arguments(*args, **kwargs):  # never called: it only carries the signature
+        raise RuntimeError(f"{fn.__qualname__} runs as a daskjob payload")
+
+    arguments.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+        p for p in sig.parameters.values() if p.name != CLIENT_PARAMETER])
+    return arguments
+
 
 class _DaskDecoratedOperator(DecoratedOperator, DaskOperator):
     custom_operator_name = "@task.dask"
     template_fields: Sequence[str] = ("op_args", "op_kwargs", "record_dir")
 
     def __init__(self, *, python_callable: Callable[..., Any], **kwargs) -> None:
-        # the function is the payload; daskjob ships it to workers by value when its
-        # module (a DAG file) cannot be imported there by name
-        super().__init__(python_callable=python_callable,
+        # the function itself is the payload; daskjob ships what it submits to the workers
+        super().__init__(python_callable=_task_arguments(python_callable),
                          kwargs_to_upstream={"payload": python_callable}, **kwargs)
 
     def execute(self, context) -> Any:
@@ -36,16 +56,23 @@ class _DaskDecoratedOperator(DecoratedOperator, DaskOperator):
     def payload_kwargs(self) -> dict[str, Any]:
         # positional op_args become keywords: a daskjob payload is called as fn(**params)
         sig = inspect.signature(self.python_callable)
-        kwargs = dict(sig.bind_partial(*self.op_args, **self.op_kwargs).arguments)
-        # context values the function asks for by name (ds, logical_date, run_id, ...),
-        # as PythonOperator does; only plain values can travel with the job
+        kwargs: dict[str, Any] = {}
+        for name, value in sig.bind_partial(*self.op_args, **self.op_kwargs).arguments.items():
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(f"{self.task_id}: a daskjob payload is called with keyword "
+                                    f"arguments only, so *{name} cannot take {value!r}")
+            else:
+                kwargs[name] = value
+        # context values the function asks for by name, as @task passes them: the
+        # payload runs in this process, so any value can be handed over
         context = getattr(self, "_context", None) or {}
         for name in sig.parameters:
-            if name in kwargs or name not in KNOWN_CONTEXT_KEYS or name not in context:
-                continue
-            value = context[name]
-            if value is None or isinstance(value, (str, int, float, bool, datetime.datetime)):
-                kwargs[name] = value
+            if name not in kwargs and name in KNOWN_CONTEXT_KEYS and name in context:
+                kwargs[name] = context[name]
         return kwargs
 
 

@@ -6,14 +6,20 @@
                 (default tcp) is used with host/port
     password    a secret for the backend (gateway password, TLS key): goes into
                 ClusterSpec.secrets["password"], never into logs, XCom or the run record
+
+A connection that Airflow cannot read (in AIRFLOW_CONN_<ID>, JSON with a key a
+connection does not have, such as "extras") is an error naming the connection and the
+key, not a silent fall back to the defaults.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from daskjob import ClusterSpec, SpecError
 
@@ -29,7 +35,16 @@ class DaskHook(BaseHook):
         self.dask_conn_id = dask_conn_id
 
     def get_cluster_spec(self) -> ClusterSpec:
-        conn = self.get_connection(self.dask_conn_id)
+        """The connection as a ClusterSpec. Raises AirflowNotFoundException when it is not
+        defined, SpecError when it is defined but wrong."""
+        try:
+            conn = self.get_connection(self.dask_conn_id)
+        except AirflowNotFoundException:
+            check_environment_connection(self.dask_conn_id)
+            raise
+        if conn.conn_type and conn.conn_type != self.conn_type:
+            raise SpecError(f"connection {self.dask_conn_id!r} is of type {conn.conn_type!r}, "
+                            f"not {self.conn_type!r}")
         return cluster_spec_from_connection(conn.host, conn.port, conn.extra, conn.password,
                                             conn_id=self.dask_conn_id)
 
@@ -54,6 +69,30 @@ class DaskHook(BaseHook):
                                      "threads_per_worker": 1, "memory_per_worker": "2GiB"}),
             },
         }
+
+
+def check_environment_connection(conn_id: str) -> None:
+    """Airflow skips a connection in AIRFLOW_CONN_<ID> that it cannot parse, as if it were
+    not defined; say what is wrong with it instead."""
+    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    raw = os.environ.get(var)
+    if raw is None:
+        return
+    where = f"connection {conn_id!r} ({var})"
+    if not raw.lstrip().startswith("{"):
+        raise SpecError(f"{where}: Airflow could not read this connection URI")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{where}: not valid JSON: {e}") from None
+    import attrs
+    from airflow.sdk.definitions.connection import Connection
+    known = set(attrs.fields_dict(Connection)) - {"conn_id"}
+    unknown = sorted(set(data) - known) if isinstance(data, dict) else []
+    if unknown:
+        raise SpecError(f"{where}: unknown key {', '.join(map(repr, unknown))}; a connection "
+                        f"has {', '.join(sorted(known))} (ClusterSpec fields go in 'extra')")
+    raise SpecError(f"{where}: Airflow could not read this connection")
 
 
 def cluster_spec_from_connection(host: str | None, port: int | None, extra: str | dict | None,

@@ -12,20 +12,28 @@ The operator owns the lifecycle for the task: the daskjob run is created and tor
 inside `execute`, `on_kill` cancels it (Airflow's task runner calls `on_kill` on SIGTERM
 and then lets `execute` carry on, so cancelling is what makes `execute` end), and an
 `execution_timeout` unwinds through the same teardown.
+
+A job that cannot run as written (an invalid spec or connection, a payload that does
+not import, a missing script) fails the task without retries (`InvalidDaskJob`, an
+`AirflowFailException`) and leaves a `startup_failed` record; a run that fails is an
+ordinary task failure (`DaskJobFailed`), retried as the task says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from typing import Any, Callable, Sequence
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import (AirflowException, AirflowFailException,
+                                    AirflowNotFoundException)
 
 from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec, SpecError
-from daskjob.observe import is_dask_internal
+from daskjob.observe import LIFECYCLE_TOPIC, is_dask_internal
+from daskjob.run import write_rejected_record
 
 from ..links import RECORD_XCOM_KEY, DaskDashboardLink, DaskRunRecordLink
 
@@ -43,8 +51,15 @@ class DaskJobFailed(AirflowException):
         self.record = record or {}
 
 
+class InvalidDaskJob(AirflowFailException):
+    """The job cannot run as written: failed without retries (a retry would fail the same)."""
+
+
 class DaskOperator(BaseOperator):
-    template_fields: Sequence[str] = ("payload", "op_kwargs", "record_dir")
+    # `payload` is not a template field: Airflow calls a callable template field with the
+    # context, and a callable payload is the function to run. A string payload with "{{"
+    # is rendered in execute.
+    template_fields: Sequence[str] = ("op_kwargs", "record_dir")
     template_fields_renderers = {"op_kwargs": "py"}
     ui_color = "#fdb863"
     operator_extra_links = (DaskDashboardLink(), DaskRunRecordLink())
@@ -64,7 +79,9 @@ class DaskOperator(BaseOperator):
         if cluster is not None and dask_conn_id is not None:
             raise ValueError("give either `cluster` or `dask_conn_id`, not both")
         self.payload = payload
-        self.op_kwargs = dict(op_kwargs or {})
+        # under @task.dask, DecoratedOperator has already set op_kwargs from the call
+        self.op_kwargs = dict(op_kwargs or {}) if op_kwargs is not None or not hasattr(
+            self, "op_kwargs") else self.op_kwargs
         self.cluster = cluster.model_dump() if isinstance(cluster, ClusterSpec) else cluster
         if self.cluster is not None:
             ClusterSpec.parse(self.cluster)  # fail at DAG parse time, not at 2 a.m.
@@ -77,25 +94,27 @@ class DaskOperator(BaseOperator):
         self.performance_report = performance_report
         self._run: JobRun | None = None
         self._killed = False
+        self._ti = None
+        self.record_summary: dict[str, Any] | None = None  # of the last run, for the links
 
     # ----------------------------------------------------------------------- spec
     def cluster_spec(self) -> ClusterSpec:
+        """`cluster`, else the `dask_conn_id` connection, else `dask_default` if it is
+        defined, else the daskjob defaults (a local cluster)."""
         if self.cluster is not None:
             return ClusterSpec.parse(self.cluster)
-        if self.dask_conn_id is not None:
-            from airflow.sdk.exceptions import AirflowNotFoundException
-
-            from ..hooks.dask import DaskHook
-            try:
-                return DaskHook(self.dask_conn_id).get_cluster_spec()
-            except AirflowNotFoundException:
-                if self.dask_conn_id != DaskHook.default_conn_name:
-                    raise
-                # no `dask_default` defined: the daskjob defaults (a local cluster)
-                self.log.info("no %s connection: using the daskjob defaults", self.dask_conn_id)
+        from ..hooks.dask import DaskHook
+        conn_id = self.dask_conn_id or DaskHook.default_conn_name
+        try:
+            return DaskHook(conn_id).get_cluster_spec()
+        except AirflowNotFoundException:
+            if conn_id != DaskHook.default_conn_name:
+                raise
+            self.log.info("no %s connection: using the daskjob defaults", conn_id)
         return ClusterSpec()
 
-    def job_spec(self, context) -> JobSpec:
+    def job_fields(self, context) -> dict[str, Any]:
+        """What JobSpec is built from (unvalidated: a rejected job keeps them in its record)."""
         ti = context["ti"]
         labels = {
             "airflow/dag_id": ti.dag_id, "airflow/task_id": ti.task_id,
@@ -103,15 +122,40 @@ class DaskOperator(BaseOperator):
             "airflow/map_index": ti.map_index, **self.job_labels,
         }
         fields: dict[str, Any] = {
-            "name": _job_name(ti.dag_id, ti.task_id), "payload": self.payload,
-            "params": self.payload_kwargs(), "cluster": self.cluster_spec(), "labels": labels,
+            "name": _job_name(ti.dag_id, ti.task_id), "payload": self._payload(context),
+            "params": self.payload_kwargs(), "labels": labels,
         }
         for key, value in (("timeout", self.job_timeout), ("startup_timeout", self.startup_timeout),
                            ("record_dir", self.record_dir), ("version_check", self.version_check),
                            ("performance_report", self.performance_report)):
             if value is not None:
                 fields[key] = value
-        return JobSpec.parse(fields)
+        return fields
+
+    def job_spec(self, context) -> JobSpec:
+        fields = self.job_fields(context)
+        try:
+            fields["cluster"] = self.cluster_spec()
+            return JobSpec.parse(fields)
+        except SpecError as e:
+            where = write_rejected_record(fields, e)
+            raise InvalidDaskJob(f"invalid Dask job (not retried): {e}"
+                                 + (f"\nRun record: {where}" if where else "")) from None
+
+    def _payload(self, context) -> Any:
+        """The payload as given; a string with "{{" rendered; a relative script path taken
+        from the DAG file's folder when the script is there (Airflow runs tasks in
+        another working folder)."""
+        payload = self.payload
+        if not isinstance(payload, str):
+            return payload
+        if "{{" in payload:
+            payload = self.render_template(payload, context)
+        if payload.endswith(".py") and not os.path.isabs(payload) and self.has_dag():
+            candidate = os.path.join(os.path.dirname(self.dag.fileloc), payload)
+            if os.path.isfile(candidate):
+                return candidate
+        return payload
 
     def payload_kwargs(self) -> dict[str, Any]:
         return dict(self.op_kwargs)
@@ -119,10 +163,8 @@ class DaskOperator(BaseOperator):
     # -------------------------------------------------------------------- execute
     def execute(self, context) -> Any:
         self._killed = False
-        try:
-            spec = self.job_spec(context)
-        except SpecError as e:
-            raise DaskJobFailed(f"invalid Dask job: {e}") from None
+        self._ti = context["ti"]
+        spec = self.job_spec(context)
         run = JobRun(spec, on_event=self._log_event, drop_env=WORKER_DROP_ENV,
                      passthrough=(_task_timeout_class(),))
         self._run = run
@@ -161,10 +203,22 @@ class DaskOperator(BaseOperator):
 
     # -------------------------------------------------------------------- output
     def _log_event(self, record: dict) -> None:
+        if record["topic"] == LIFECYCLE_TOPIC and record["data"].get("event") == "provisioned":
+            self._publish_dashboard_link(record["data"].get("dashboard"))
         if is_dask_internal(record["topic"]):
             return  # lifecycle: the daskjob logger reports it; distributed's own: noise
         self.log.info("dask event %s [%s] %s", record["topic"], record.get("worker") or "",
                       record.get("data"))
+
+    def _publish_dashboard_link(self, link: str | None) -> None:
+        """While the run lives, the UI's "Dask dashboard" link points at it (Airflow sets
+        the extra links again, from get_link, when the task ends)."""
+        if not link or self._ti is None:
+            return
+        try:
+            self._ti.xcom_push(key=DaskDashboardLink().xcom_key, value=link)
+        except Exception:
+            self.log.warning("could not publish the dashboard link", exc_info=True)
 
     def _push_record(self, context, record: dict) -> None:
         if not record:
@@ -174,6 +228,7 @@ class DaskOperator(BaseOperator):
             "workers", "teardown")}
         summary["events"] = (record.get("events") or {}).get("count")
         summary["error"] = (record.get("error") or {}).get("message")
+        self.record_summary = summary
         context["ti"].xcom_push(key=RECORD_XCOM_KEY, value=summary)
 
     def _log_summary(self, record: dict) -> None:
