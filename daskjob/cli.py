@@ -15,8 +15,13 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import show
+from .show import stdout_console
+
 console = Console(stderr=True)
-out = Console()
+if not console.is_terminal:  # piped or redirected: whole lines, never wrapped at 80 columns
+    console = Console(stderr=True, width=100_000, soft_wrap=True)
+out = stdout_console()
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -70,17 +75,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     install_signal_handlers()
     stop = threading.Event()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total} tasks"),
-                        TextColumn("{task.fields[erred]} erred"), TimeElapsedColumn(),
+                        TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
                         console=console, transient=True)
 
     def watch():
-        task = progress.add_task(spec.name, total=None, erred=0)
+        task = progress.add_task(spec.name, total=None, counts="starting the cluster")
         while not stop.wait(0.5):
             counts = run.task_progress()
-            if counts:
-                progress.update(task, total=max(counts["added"], 1), completed=counts["done"],
-                                erred=counts["erred"])
+            if counts and counts["added"]:
+                progress.update(task, total=counts["added"], completed=counts["done"],
+                                counts=f"{counts['done']}/{counts['added']} tasks, "
+                                       f"{counts['erred']} erred")
+            elif counts:
+                progress.update(task, counts="no Dask tasks yet")
 
     watcher = None
     if not args.quiet and console.is_terminal:
@@ -103,47 +110,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"record: {rec['record_path']}")
     if result.value is not None:
         out.print_json(data=rec["result"].get("value")) if rec["result"].get("json") else out.print(repr(result.value))
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from .record import read_record
-    try:
-        rec = read_record(args.record)
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        console.print(f"[red]{e}[/]")
-        return 1
-    if args.json:
-        out.print_json(data=rec)
-        return 0
-    colour = {"succeeded": "green", "running": "yellow"}.get(rec["status"], "red")
-    t = Table(title=f"{rec['run_id']}", show_header=False)
-    t.add_row("status", f"[{colour}]{rec['status']}[/]")
-    for key in ("name", "payload", "backend", "started_at", "duration_s", "record_path",
-                "dashboard_link"):
-        if rec.get(key) is not None:
-            t.add_row(key, str(rec[key]))
-    if rec.get("workers"):
-        t.add_row("workers", ", ".join(f"{k}={v}" for k, v in rec["workers"].items()))
-    for name, ph in (rec.get("phases") or {}).items():
-        t.add_row(f"phase {name}", f"{ph['seconds']}s")
-    if rec.get("events"):
-        top = sorted(rec["events"]["topics"].items(), key=lambda kv: -kv[1])[:8]
-        t.add_row("events", f"{rec['events']['count']} ({', '.join(f'{k}: {v}' for k, v in top)})")
-    if rec.get("logs"):
-        t.add_row("logs", f"{rec['logs']['lines']} lines in {', '.join(rec['logs']['files'])}")
-    for death in rec.get("worker_deaths") or []:
-        t.add_row("worker died", f"{death.get('worker')} ({death.get('reason')})")
-    if rec.get("teardown"):
-        t.add_row("teardown", json.dumps(rec["teardown"]))
-    if rec.get("result"):
-        t.add_row("result", json.dumps(rec["result"].get("value", rec["result"].get("repr")))[:500])
-    if rec.get("error"):
-        t.add_row("error", rec["error"]["message"][:2000])
-    if rec["status"] == "running":
-        t.add_row("note", "no end recorded: the run is still going, or its driver was killed "
-                          "(see `daskjob reap`)")
-    out.print(t)
     return 0
 
 
@@ -243,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--record-dir", help="override the job's record_dir")
     r.add_argument("--quiet", "-q", action="store_true", help="no live events or progress bar")
     r.set_defaults(fn=cmd_run)
-    s = sub.add_parser("show", help="summarise a past run (a run folder, or the newest in a record dir)")
-    s.add_argument("record")
-    s.add_argument("--json", action="store_true", help="print the whole record.json")
-    s.set_defaults(fn=cmd_show)
+    show.add_parser(sub)
     k = sub.add_parser("reap", help="stop clusters and processes left behind by killed runs")
     k.add_argument("--older-than", default="0s", help="only runs started at least this long ago (e.g. 1h)")
     k.add_argument("--backend", action="append", metavar="NAME",

@@ -42,9 +42,17 @@ logger = logging.getLogger(__name__)
 _ADDRESS_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 
 
+# topics distributed logs events on for itself
+_DASK_TOPICS = frozenset({"all", "scheduler", "worker", "stealing", "worker-fail-hard",
+                          "worker-restart-memory", "invalid-worker-transition",
+                          "worker-transition-counter-warning", "worker-get-client"})
+
+
 def is_dask_internal(topic: str) -> bool:
-    """Topics distributed logs for itself (kept in events.jsonl, not worth a log line)."""
-    return topic in ("all", "scheduler", "worker") or topic.startswith(("Client-", "daskjob."))
+    """Topics of daskjob's and distributed's own events (kept in events.jsonl, not worth
+    a log line): not the user's `daskjob.event` topics, nor `print`."""
+    return (topic in _DASK_TOPICS or topic.startswith(("Client-", "daskjob."))
+            or topic.startswith(_ADDRESS_PREFIXES))
 
 
 def _jsonable(value: Any) -> Any:

@@ -196,3 +196,27 @@ def module_source(name: str) -> dict[str, tuple[str, str]]:
         return {}
     with open(file, encoding="utf-8") as f:
         return {name: (file, f.read())}
+
+
+class UncomputedResult(TypeError):
+    """A payload returned work still to be done on a cluster that is about to go."""
+
+
+def check_result(value: Any) -> None:
+    """Fail a payload that returns a dask collection or a Future (also inside a list,
+    tuple or dict): teardown would lose what it stands for."""
+    import dask
+    from distributed import Future
+    items = list(value.values()) if isinstance(value, dict) else (
+        list(value) if isinstance(value, (list, tuple)) else [])
+    for item in [value, *items]:
+        if isinstance(item, Future):
+            raise UncomputedResult(
+                f"the payload returned a Future ({item.key!r}); its result goes with the "
+                "cluster at teardown: return future.result() or client.gather(futures)")
+        if dask.is_dask_collection(item):
+            raise UncomputedResult(
+                f"the payload returned an uncomputed dask collection ({type(item).__name__}); "
+                "it cannot be computed once the cluster is torn down: return .compute() "
+                "(or dask.compute(...)) of it")
+

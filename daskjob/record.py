@@ -112,11 +112,27 @@ def read_record(location: str) -> dict[str, Any]:
     """Load record.json from a run folder (or from the newest run under a record_dir)."""
     fs, root = fsspec.core.url_to_fs(location)
     candidate = f"{root.rstrip('/')}/record.json"
-    if not fs.exists(candidate):
-        runs = sorted(p for p in fs.ls(root, detail=False) if fs.exists(f"{p}/record.json"))
-        if not runs:
-            raise FileNotFoundError(f"no run record in {location}")
-        by_time = sorted(runs, key=lambda p: json.loads(fs.cat_file(f"{p}/record.json"))
-                         .get("started_at", ""))
-        candidate = f"{by_time[-1]}/record.json"
-    return json.loads(fs.cat_file(candidate))
+    if fs.exists(candidate):
+        return json.loads(fs.cat_file(candidate))
+    runs = list_records(location)
+    if not runs:
+        raise FileNotFoundError(f"no run record in {location}")
+    return runs[0]
+
+
+def list_records(record_dir: str) -> list[dict[str, Any]]:
+    """Every run's record under a record dir, newest first. A run folder whose first
+    record.json is not written yet, or that cannot be read, is skipped."""
+    fs, root = fsspec.core.url_to_fs(record_dir)
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{record_dir} is not a folder of run records")
+    records = []
+    for path in fs.ls(root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        try:
+            records.append(json.loads(fs.cat_file(f"{path.rstrip('/')}/record.json")))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, json.JSONDecodeError):
+            continue
+    return sorted(records, key=lambda r: str(r.get("started_at") or ""), reverse=True)

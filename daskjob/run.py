@@ -40,7 +40,8 @@ from .observe import (FIREHOSE_TOPIC, Collector, FirehosePlugin, WorkerObserver,
                       _emit_barrier)
 from .by_value import shipped_by_value
 from .dask_logs import dask_log_level, quiet_dask_logs
-from .payload import ResolvedPayload, describe_payload, module_source, resolve
+from .main_guard import refuse_while_bootstrapping, warn_if_unguarded
+from .payload import ResolvedPayload, check_result, describe_payload, module_source, resolve
 from .procs import driver_labels, label_env, process_tree, stop_run_processes, terminate
 from .record import RecordDir, redact
 from .spec import JobSpec, load_yaml
@@ -207,6 +208,8 @@ class JobRun:
 
     # --------------------------------------------------------------------- run
     def run(self) -> JobResult:
+        refuse_while_bootstrapping()
+        warn_if_unguarded()
         spec = self.spec
         recdir = RecordDir(spec.record_dir, self.run_id)
         phases = _Phases()
@@ -217,8 +220,7 @@ class JobRun:
             "record_path": recdir.location, "backend": spec.cluster.backend,
             "payload": describe_payload(spec.payload), "labels": self._labels(),
             "spec": spec.redacted(),
-            "driver": {"pid": os.getpid(), "host": socket.gethostname(),
-                       "python": platform.python_version()},
+            "driver": _driver(),
             "versions": _versions(),
         }
         recdir.write_json("record.json", record)
@@ -482,7 +484,9 @@ class JobRun:
         def call():
             try:
                 with client.as_current():
-                    future.set_result(payload.fn(**kwargs))
+                    value = payload.fn(**kwargs)
+                    check_result(value)  # while the cluster can still say what a Future is
+                future.set_result(value)
             except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
                 future.set_exception(e)
 
@@ -751,6 +755,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _driver() -> dict[str, Any]:
+    """The process driving the run: `daskjob show` tells a run whose driver is gone."""
+    import psutil
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": psutil.Process().create_time(), "python": platform.python_version()}
+
+
 def _versions() -> dict[str, str]:
     import dask
     import distributed
@@ -779,6 +790,7 @@ def run_job(spec: JobSpec | Mapping[str, Any] | str | os.PathLike, *,
     an invalid spec (before any process starts; a startup_failed record is still written
     when the spec names its record_dir), and JobFailed (or a subclass) when the run fails.
     """
+    refuse_while_bootstrapping()
     if not isinstance(spec, JobSpec):
         raw = load_yaml(spec) if isinstance(spec, (str, os.PathLike)) else dict(spec)
         try:
@@ -791,21 +803,26 @@ def run_job(spec: JobSpec | Mapping[str, Any] | str | os.PathLike, *,
 
 def write_rejected_record(raw: Mapping[str, Any], error: Exception) -> str | None:
     """Nothing is lost: a spec that fails validation still leaves a record, if it says where."""
+    from .spec import valid_name
     record_dir = raw.get("record_dir")
     name = raw.get("name")
     if not isinstance(record_dir, str) or not record_dir:
         return None
-    safe_name = name if isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum() else "invalid"
-    run_id = new_run_id(safe_name)
+    run_id = new_run_id(name if valid_name(name) else "invalid")
     try:
         recdir = RecordDir(record_dir, run_id)
     except Exception:
         return None
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     spec_view = {k: (describe_payload(v) if k == "payload" else v) for k, v in raw.items()}
+    labels = raw.get("labels") if isinstance(raw.get("labels"), Mapping) else {}
     record = {"run_id": run_id, "name": name, "status": "startup_failed",
               "started_at": now, "ended_at": now, "duration_s": 0.0,
-              "record_path": recdir.location, "spec": redact(json.loads(json.dumps(spec_view, default=str))),
+              "record_path": recdir.location,
+              "payload": describe_payload(raw.get("payload")),
+              "labels": {"daskjob/run-id": run_id, **{str(k): str(v) for k, v in labels.items()}},
+              "spec": redact(json.loads(json.dumps(spec_view, default=str))),
+              "driver": _driver(),
               "error": {"type": type(error).__name__, "message": str(error), "traceback": ""},
               "teardown": {"cluster": "not started", "killed_processes": []},
               "versions": _versions()}

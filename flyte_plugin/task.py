@@ -23,6 +23,8 @@ there would leak the cluster on exactly the runs that fail.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -104,7 +106,10 @@ class DaskJobTask(PythonFunctionTask[DaskJob]):
         if mode != PythonFunctionTask.ExecutionBehavior.DEFAULT:
             raise ValueError("@dask_task runs one function on one cluster: dynamic and "
                              "eager tasks are not supported")
-        super().__init__(task_config=task_config, task_function=task_function, **kwargs)
+        # a `client` parameter gets the run's Dask client: it is not one of the task's inputs
+        self.payload_function = task_function
+        super().__init__(task_config=task_config, task_function=_without_client(task_function),
+                         **kwargs)
 
     def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
         return {"daskjob": self.task_config.serialized()}
@@ -115,7 +120,7 @@ class DaskJobTask(PythonFunctionTask[DaskJob]):
         return JobSpec.parse({
             **config.settings(),
             "name": job_name(self.name),
-            "payload": in_flyte_context(self.task_function),
+            "payload": in_flyte_context(self.payload_function),
             "params": inputs,
             "labels": {**execution_labels(self.name), **config.labels},
         })
@@ -157,6 +162,21 @@ class DaskJobTask(PythonFunctionTask[DaskJob]):
 
 
 TaskPlugins.register_pythontask_plugin(DaskJob, DaskJobTask)
+
+
+def _without_client(fn: Callable) -> Callable:
+    """`fn` as flytekit should see it to build the task's interface: without `client`."""
+    sig = inspect.signature(fn)
+    if "client" not in sig.parameters:
+        return fn
+
+    @functools.wraps(fn)
+    def task_function(**kwargs):
+        return fn(**kwargs)
+
+    task_function.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+        p for p in sig.parameters.values() if p.name != "client"])
+    return task_function
 
 
 def job_name(task_name: str) -> str:

@@ -32,6 +32,7 @@ from airflow.sdk.exceptions import (AirflowException, AirflowFailException,
                                     AirflowNotFoundException)
 
 from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec, SpecError
+from daskjob import config as daskjob_config
 from daskjob.observe import LIFECYCLE_TOPIC, is_dask_internal
 from daskjob.run import write_rejected_record
 
@@ -138,7 +139,9 @@ class DaskOperator(BaseOperator):
             fields["cluster"] = self.cluster_spec()
             return JobSpec.parse(fields)
         except SpecError as e:
-            where = write_rejected_record(fields, e)
+            # where this task's runs would have gone, as run_job would write it
+            where = write_rejected_record({"record_dir": daskjob_config.get("record-dir"),
+                                           **fields}, e)
             raise InvalidDaskJob(f"invalid Dask job (not retried): {e}"
                                  + (f"\nRun record: {where}" if where else "")) from None
 

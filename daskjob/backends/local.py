@@ -8,7 +8,6 @@ import inspect
 import logging
 import os
 import sys
-import sysconfig
 import threading
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -63,52 +62,48 @@ class _ScrubbedEnviron:
 _SPAWN_ENV = _ScrubbedEnviron()
 
 
-def _is_console_script(path: str | None) -> bool:
-    if not path:
-        return False
-    folder = os.path.dirname(os.path.realpath(path))
-    scripts = {os.path.realpath(sysconfig.get_path("scripts")),
-               os.path.realpath(os.path.dirname(sys.executable))}
-    return folder in scripts
-
-
 class _MainNotRerun:
-    """Keep spawned workers from re-running a console script's __main__.
+    """Keep spawned workers from importing the parent's __main__ again.
 
-    multiprocessing's spawn re-runs the parent's main script in every child before the
-    worker starts. When the parent is a tool's entry point (`pyflyte`, `airflow`,
-    `pyflyte-execute`) that means importing the tool's whole CLI in each worker — about
-    8 s per worker under pyflyte on a busy machine, and under Airflow's task runner an
-    import of airflow with settings the worker must not have. Such a wrapper script has
-    nothing a payload needs (user code in a script of its own is still re-run), so its
-    `__file__` is hidden from spawn while workers start. Reference counted like the
-    environment scrub, since clusters in one process can start workers concurrently.
+    multiprocessing's spawn imports the parent's main script (or `-m` module) in every
+    child before the worker starts. A worker needs nothing from it: code defined in
+    __main__ reaches workers by value (cloudpickle). Importing it again would cost every
+    worker whatever the script imports (for a tool's entry point, `pyflyte` or `airflow`,
+    its whole CLI, and under Airflow's task runner an import of airflow with settings
+    the worker must not have), and would run the script's top level again: a run started
+    there without `if __name__ == "__main__":` would start once more in each worker. So
+    __main__'s `__file__` and `__spec__` are hidden from spawn while workers start.
+    Reference counted like the environment scrub, since clusters in one process can
+    start workers concurrently.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
-        self._hidden: str | None = None
+        self._hidden: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def hidden(self):
         main = sys.modules.get("__main__")
-        if main is None or getattr(main, "__spec__", None) is not None or not (
-                self._depth or _is_console_script(getattr(main, "__file__", None))):
+        if main is None:
             yield
             return
         with self._lock:
             self._depth += 1
             if self._depth == 1:
-                self._hidden = main.__dict__.pop("__file__", None)
+                self._hidden = {"__file__": main.__dict__.pop("__file__", None),
+                                "__spec__": main.__dict__.get("__spec__")}
+                main.__spec__ = None
         try:
             yield
         finally:
             with self._lock:
                 self._depth -= 1
-                if self._depth == 0 and self._hidden is not None:
-                    main.__file__ = self._hidden
-                    self._hidden = None
+                if self._depth == 0:
+                    main.__spec__ = self._hidden["__spec__"]
+                    if self._hidden["__file__"] is not None:
+                        main.__file__ = self._hidden["__file__"]
+                    self._hidden = {}
 
 
 _MAIN = _MainNotRerun()
