@@ -228,10 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=cmd_demo_data)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="%H:%M:%S",
-                        handlers=[RichHandler(console=console, show_path=False,
-                                              rich_tracebacks=False, markup=False)])
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False,
+                                               rich_tracebacks=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
+    else:  # plain lines for a file or a pipe
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                               datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     return args.fn(args)
 
 

@@ -5,8 +5,9 @@ INFO line for every connection, plugin and worker it sees, plus a CommClosedErro
 traceback (at INFO) whenever a connection closes at teardown. Under Airflow and Flyte
 those lines land in the task log between the user's own. While a run lives, records of
 Dask's loggers below `daskjob.dask-log-level` (default WARNING) do not reach the handlers
-of the root logger; Dask's own handlers (the scheduler's log, which the record keeps)
-still get them. Worker lines below that level are kept in logs/ but not forwarded live.
+of the root logger, nor the stream handler distributed may have put on its own logger;
+the scheduler's in-memory log, which the record keeps, still gets them. Worker lines
+below that level are kept in logs/ but not forwarded live.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ _users = 0
 _filtered: list[logging.Handler] = []
 
 
+def _output_handlers() -> list[logging.Handler]:
+    from distributed.utils import DequeHandler
+    handlers = list(logging.getLogger().handlers)
+    for name in DASK_LOGGERS:
+        handlers += [h for h in logging.getLogger(name).handlers
+                     if not isinstance(h, DequeHandler)]
+    return handlers
+
+
 @contextlib.contextmanager
 def quiet_dask_logs(level: int) -> Iterator[None]:
     """While inside, the root logger's handlers drop Dask's records below `level`.
@@ -57,7 +67,7 @@ def quiet_dask_logs(level: int) -> Iterator[None]:
         _users += 1
         if _users == 1:
             _filter.level = level
-            _filtered[:] = [h for h in logging.getLogger().handlers if _filter not in h.filters]
+            _filtered[:] = [h for h in _output_handlers() if _filter not in h.filters]
             for handler in _filtered:
                 handler.addFilter(_filter)
     try:

@@ -512,11 +512,12 @@ class Collector:
             f = self._log_files[source] = open(os.path.join(self.logs_dir, f"{safe}.log"), "a")
         f.write(line + "\n")
         self.log_line_count += 1
-        self.tails[source].append(line)
         level = logging.getLevelName(str(msg.get("level", "INFO")))
         level = level if isinstance(level, int) else logging.INFO
-        if self.forward_logs and (level >= self.dask_log_level
-                                  or not is_dask_logger(str(msg.get("logger", "")))):
+        if level < self.dask_log_level and is_dask_logger(str(msg.get("logger", ""))):
+            return  # Dask's own chatter: in the file only
+        self.tails[source].append(line)
+        if self.forward_logs:
             worker_log.log(level, "[%s] %s: %s", source, msg.get("logger", ""),
                            msg.get("message", ""))
 

@@ -5,6 +5,7 @@ Every error names the field and what is allowed. A job is a file: `JobSpec.from_
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -306,9 +307,19 @@ class JobSpec(_Strict):
         """The spec as JSON-safe data, with secret-looking values hidden."""
         from .payload import describe_payload
         from .record import redact
-        data = self.model_dump(mode="python")
+        # params may hold any object (a front end passes e.g. Airflow's task instance):
+        # they are recorded as JSON where they are JSON, else as their repr
+        data = self.model_dump(mode="python", exclude={"payload", "params"})
         data["payload"] = describe_payload(self.payload)
+        data["params"] = {k: _as_json(v) for k, v in self.params.items()}
         return redact(data)
+
+
+def _as_json(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return repr(value)[:500]
 
 
 def load_yaml(path: str | os.PathLike, *, params: dict[str, Any] | None = None) -> dict[str, Any]:

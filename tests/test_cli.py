@@ -39,7 +39,11 @@ def test_run_succeeds_and_show_summarises(tmp_path, records):
     run_dir = only_run(records)
     assert f"record: {run_dir}" in proc.stderr
     assert "20" in proc.stdout  # sum of 2*i for i < 5
-    show = subprocess.run(DASKJOB + ["show", str(records)], env=ENV, capture_output=True,
+    listing = subprocess.run(DASKJOB + ["show", str(records)], env=ENV, capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0
+    assert os.path.basename(run_dir) in listing.stdout and "succeeded" in listing.stdout
+    show = subprocess.run(DASKJOB + ["show", run_dir], env=ENV, capture_output=True,
                           text=True, timeout=60)
     assert show.returncode == 0
     assert "succeeded" in show.stdout and "phase payload" in show.stdout

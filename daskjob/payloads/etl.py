@@ -32,6 +32,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import json
+import logging
 import os
 import re
 import time
@@ -46,6 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import daskjob
+
+log = logging.getLogger(__name__)
 
 
 class RejectRatioExceeded(RuntimeError):
@@ -216,6 +219,8 @@ def process_partition(raw: pd.DataFrame, *, date: str, staging: dict[str, str],
              "rows_written": len(clients), "bytes_written": written,
              "rejected_by_rule": by_rule}
     daskjob.event("etl.partition", **stats)
+    log.info("partition %d: %d rows read, %d rejected, %d written", number, len(raw),
+             len(rejected), len(clients))
     agg = partial_aggregate(clients)
     out = pd.DataFrame({"stats": [json.dumps(stats)],
                         "agg": [agg.reset_index().to_json(orient="records")]})
