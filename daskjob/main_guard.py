@@ -21,25 +21,26 @@ from typing import Any
 
 logger = logging.getLogger("daskjob")
 
-ADVICE = ('put the code that starts the run under `if __name__ == "__main__":` (processes '
-          "started with multiprocessing's spawn import the script again, and would start "
-          "the run again)")
+GUARD = 'if __name__ == "__main__":'
+WHY = ("processes started with multiprocessing's spawn import the script again, and each "
+       "would start the run again")
 
 
 def refuse_while_bootstrapping() -> None:
     """Raise when this process is a spawned child still importing its parent's script."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError("daskjob: a run was started while this process was starting up "
-                           "as a child process and importing the main script again; "
-                           f"nothing was started. In the script, {ADVICE}.")
+                           "as a child process and importing the main script again; nothing "
+                           f"was started. Put the code that starts the run under `{GUARD}`: "
+                           f"{WHY}.")
 
 
 def warn_if_unguarded() -> None:
     site = unguarded_call_site()
     if site is not None:
         file, line = site
-        logger.warning("daskjob: this run was started at the top level of %s (line %d), "
-                       "outside `if __name__ == \"__main__\":`; %s.", file, line, ADVICE)
+        logger.warning("daskjob: this run was started at the top level of %s (line %d); put "
+                       "the code that starts it under `%s`: %s.", file, line, GUARD, WHY)
 
 
 def unguarded_call_site() -> tuple[str, int] | None:

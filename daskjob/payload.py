@@ -149,7 +149,11 @@ def _installed_dirs() -> list[str]:
 
 def _module_file(fn: Any) -> str | None:
     # a function's globals are its module's namespace, also while the module is out of
-    # sys.modules (see by_value)
+    # sys.modules (see by_value); a wrapper's are not the wrapped function's
+    try:
+        fn = inspect.unwrap(fn)
+    except ValueError:  # a cycle of __wrapped__
+        pass
     file = (getattr(fn, "__globals__", None) or {}).get("__file__")
     if file is None:
         module = sys.modules.get(getattr(fn, "__module__", None) or "")

@@ -127,7 +127,10 @@ def test_sigkill_driver_leaves_nothing_for_long(tmp_path, records):
         rec = json.load(open(os.path.join(run_dir, "record.json")))
         assert rec["status"] == "running"  # the driver never got to write an end
         show = subprocess.run(DASKJOB + ["show", run_dir], env=ENV, capture_output=True, text=True)
-        assert "driver was killed" in show.stdout
+        assert "driver was killed" in show.stdout and "abandoned" in show.stdout
+        listing = subprocess.run(DASKJOB + ["show", str(records), "--status", "abandoned"],
+                                 env=ENV, capture_output=True, text=True)
+        assert rec["run_id"] in listing.stdout and "abandoned" in listing.stdout
 
         # the task's own subprocess outlives its worker: the reaper finds it by its labels
         assert psutil.pid_exists(grandchild)
@@ -227,3 +230,94 @@ def test_payload_in_a_file_next_to_the_callers_script(tmp_path, records):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT 36" in proc.stdout
+
+
+def _show(*args: str) -> str:
+    env = {k: v for k, v in ENV.items() if k != "COLUMNS"}  # piped, as in a script or a file
+    proc = subprocess.run(DASKJOB + ["show", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_show_lists_and_finds_runs(tmp_path, records):
+    for job in (job_file(tmp_path, records, "jobs:add_up", {"n": 3}, name="nightly-sum"),
+                job_file(tmp_path, records, "jobs:raises_on_worker", name="nightly-boom")):
+        subprocess.run(DASKJOB + ["run", str(job), "-q"], env=ENV, capture_output=True,
+                       timeout=180)
+    runs = [json.load(open(os.path.join(records, r, "record.json"))) for r in os.listdir(records)]
+    ok = next(r for r in runs if r["status"] == "succeeded")
+    boom = next(r for r in runs if r["status"] == "failed")
+
+    listing = _show(str(records))
+    lines = listing.splitlines()
+    assert [i for i, line in enumerate(lines) if boom["run_id"] in line] < \
+        [i for i, line in enumerate(lines) if ok["run_id"] in line]  # newest first, one line each
+    assert "boom-from-worker" in listing  # the error's first line
+    failed = _show(str(records), "--status", "failed")
+    assert boom["run_id"] in failed and ok["run_id"] not in failed
+    assert ok["run_id"] in _show(str(records), "--name", "nightly-sum")
+    assert len([ln for ln in _show(str(records), "--limit", "1").splitlines() if "nightly-" in ln]) == 1
+    as_json = json.loads(_show(str(records), "--json"))
+    assert [r["run_id"] for r in as_json] == [boom["run_id"], ok["run_id"]]
+
+    # one run, by its id: from the record dir it is in
+    one = _show(ok["run_id"], "--record-dir", str(records))
+    assert "phase payload" in one and "succeeded" in one
+    assert "dashboard" not in one  # the run is over: its dashboard is gone
+    events = one[one.index("events"):].splitlines()[0]
+    assert "stealing" not in events and "Client-" not in events
+    proc = subprocess.run(DASKJOB + ["show", "no-such-run"], env=ENV, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no run 'no-such-run'" in proc.stdout
+
+
+def test_a_script_without_a_main_guard_runs_once_and_is_told(tmp_path, records):
+    """The README's first example saved without `if __name__ == "__main__":`. Worker
+    processes start with spawn, which imports the main script again in each of them."""
+    (tmp_path / "unguarded.py").write_text(textwrap.dedent(f"""
+        from daskjob import JobSpec, run_job
+
+        def total(n, client):
+            return sum(client.gather(client.map(abs, range(n))))
+
+        result = run_job(JobSpec(name="unguarded", payload=total, params={{"n": 5}},
+                                 record_dir={str(records)!r}, performance_report=False))
+        print("RESULT", result.value)
+    """))
+    proc = subprocess.run([sys.executable, "unguarded.py"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("RESULT 10") == 1
+    assert proc.stderr.count('if __name__ == "__main__":') == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    rec = json.load(open(os.path.join(only_run(records), "record.json")))  # one run only
+    assert rec["status"] == "succeeded"
+
+
+def test_a_run_started_by_a_bootstrapping_child_process_is_refused(tmp_path, records):
+    """A process pool of the script's own, started with spawn, imports the unguarded script
+    again: the run it would start there is refused with the advice, nothing starts."""
+    (tmp_path / "pool.py").write_text(textwrap.dedent(f"""
+        import multiprocessing
+        from daskjob import JobSpec, run_job
+
+        def total(n, client):
+            return n
+
+        print("starting", multiprocessing.current_process().name, flush=True)
+        if multiprocessing.current_process().name != "MainProcess":
+            run_job(JobSpec(name="child", payload=total, params={{"n": 1}},
+                            record_dir={str(records)!r}))
+
+        if __name__ == "__main__":
+            p = multiprocessing.get_context("spawn").Process(target=print)
+            p.start()
+            p.join()
+            print("child exit code", p.exitcode)
+    """))
+    proc = subprocess.run([sys.executable, "pool.py"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert "child exit code 1" in proc.stdout, proc.stdout + proc.stderr
+    assert "nothing was started" in proc.stderr and '__name__ == "__main__"' in proc.stderr
+    assert os.listdir(records) == []

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -177,6 +178,36 @@ def test_pyflyte_run_from_the_repo_root(tmp_path):
     assert rec["status"] == "succeeded" and rec["payload"] == "workflows.nightly_etl:etl"
     assert rec["workers"] == {"expected": 1, "started": 1}
     assert "ModuleNotFoundError" not in out
+
+
+@pytest.mark.timeout(300)
+def test_a_task_that_asks_for_the_client_by_name(tmp_path):
+    """As with run_job: a `client` parameter gets the run's client and is no task input
+    (flytekit would refuse it: it has no type)."""
+    (tmp_path / "wf.py").write_text(textwrap.dedent("""
+        from flytekit import workflow
+        from flyte_plugin import dask_task
+
+        def square(x):
+            return x * x
+
+        @dask_task(cluster={"n_workers": 1}, record_dir="runs", performance_report=False)
+        def total(client, n: int = 3) -> int:
+            return sum(client.gather(client.map(square, range(n))))
+
+        @workflow
+        def squares(n: int = 3) -> int:
+            return total(n=n)
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
+                           "wf.py", "squares", "--n", "4"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert proc.stdout.strip().splitlines()[-1] == "14"
+    rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
+    assert rec["status"] == "succeeded" and rec["payload"] == "wf:total"
+    assert "client" not in rec["spec"]["params"]
 
 
 # ----------------------------------------------------------------------- the task

@@ -209,6 +209,27 @@ def test_parse_returns_one_spec_error_per_problem():
     assert "input_value" not in message
 
 
+def test_constructing_a_bad_spec_raises_spec_error():
+    """As the README writes it: `JobSpec(...)` / `ClusterSpec(...)` inside `except SpecError`."""
+    caught = []
+    for build in (lambda: ClusterSpec(n_workers=-1),
+                  lambda: ClusterSpec(n_workerz=2),
+                  lambda: JobSpec(name="x", payload=print, cluster={"n_workers": 0}),
+                  lambda: JobSpec(name="x", payload=print, cluster=ClusterSpec(backend="nope")),
+                  lambda: JobSpec(name="x", payload="no_such_mod_xyz:fn")):
+        try:
+            build()
+        except SpecError as e:
+            caught.append(str(e))
+    assert len(caught) == 5, caught
+    assert "n_workers: must be at least 1" in caught[0]
+    assert "n_workerz: unknown key" in caught[1]
+    assert "cluster.n_workers: must be at least 1" in caught[2]  # the whole path
+    assert "unknown backend 'nope'" in caught[3]
+    assert "no_such_mod_xyz" in caught[4]
+    assert JobSpec(name="ok", payload=print).cluster == ClusterSpec()
+
+
 def test_clusterspec_parse_error_does_not_blame_payload():
     with pytest.raises(SpecError) as info:
         ClusterSpec.parse({"backend": "address"})
