@@ -51,7 +51,7 @@ services: setup
 PYTEST  := $(BIN)/python -m pytest -q -ra
 
 test: setup services
-	$(PYTEST) -n 2 -m "not alone"; rc=$$?; \
+	$(PYTEST) -n 2 --dist loadgroup -m "not alone"; rc=$$?; \
 	  $(PYTEST) -m alone; rc2=$$?; \
 	  bash scripts/services/down.sh; [ $$rc -ne 0 ] && exit $$rc; exit $$rc2
 

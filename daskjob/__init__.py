@@ -1,7 +1,12 @@
 """daskjob: run Dask work on an ephemeral cluster that is always torn down.
 
-    from daskjob import ClusterSpec, JobSpec, run_job
-    result = run_job(JobSpec(name="nightly", payload="mypkg.jobs:build", params={...}))
+>>> from daskjob import ClusterSpec, JobSpec, run_job
+>>> def total(n, client):
+...     return sum(client.gather(client.map(abs, range(-n, n))))
+>>> result = run_job(JobSpec(name="total", payload=total, params={"n": 3}, record_dir="runs",
+...                          cluster=ClusterSpec(n_workers=1)))
+>>> result.value, result.record["status"], result.record["teardown"]["cluster"]
+(9, 'succeeded', 'closed')
 """
 
 __version__ = "0.1.0"

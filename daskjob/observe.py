@@ -61,9 +61,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def event(topic: str, **data: Any) -> None:
-    """Emit a structured event from anywhere: a task on a worker, or the driver.
+    """Emit a structured event from anywhere: a task on a worker, or the payload itself.
 
-    >>> daskjob.event("etl.rows_read", partition=3, rows=1000)
+    >>> from daskjob import JobSpec, event, run_job
+    >>> def job(client):
+    ...     event("etl.rows_read", partition=3, rows=1000)             # in the payload
+    ...     return client.submit(event, "etl.done", ok=True).result()  # in a task
+    >>> topics = run_job(JobSpec(name="events", payload=job, record_dir="runs",
+    ...                          cluster={"n_workers": 1})).record["events"]["topics"]
+    >>> topics["etl.rows_read"], topics["etl.done"]
+    (1, 1)
     """
     if not isinstance(topic, str) or not topic:
         raise ValueError("event topic must be a non-empty string")

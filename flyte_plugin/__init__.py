@@ -1,14 +1,6 @@
 """Flyte plugin for daskjob: `@dask_task` runs a Flyte task with an ephemeral Dask cluster
 that exists only while the task runs, wherever it runs (pyflyte run, tests, task pods).
-
-    from daskjob import ClusterSpec
-    from flyte_plugin import dask_task
-
-    @dask_task(cluster=ClusterSpec(n_workers=2), timeout="10m", enable_deck=True)
-    def total(n: int) -> int:
-        from distributed import get_client
-        client = get_client()
-        return sum(client.gather(client.map(abs, range(n))))
+See `flyte_plugin.task`.
 """
 
 from .deck import DECK_NAME

@@ -1,14 +1,13 @@
 """@dask_task: a Flyte task whose function runs with an ephemeral Dask cluster of its own.
 
-    from daskjob import ClusterSpec
-    from flyte_plugin import dask_task
-
-    @dask_task(cluster=ClusterSpec(n_workers=2, memory_per_worker="2GiB"), timeout="30m",
-               enable_deck=True, retries=2)
-    def total(n: int) -> int:
-        from distributed import get_client
-        client = get_client()                   # this execution's own cluster
-        return sum(client.gather(client.map(abs, range(n))))
+>>> from daskjob import ClusterSpec
+>>> from flyte_plugin import dask_task
+>>> @dask_task(cluster=ClusterSpec(n_workers=1, memory_per_worker="1GiB"), timeout="30m",
+...            record_dir="runs", retries=2)
+... def total(n: int, client) -> int:          # client: this execution's own cluster
+...     return sum(client.gather(client.map(abs, range(-n, n))))
+>>> total(n=3)                                 # local execution
+9
 
 Shape as flytekitplugins-dask/-ray: a task-config dataclass (`DaskJob`) and a
 `PythonFunctionTask` subclass (`DaskJobTask`) registered for it with

@@ -1,8 +1,13 @@
 """@task.dask: the decorated function is the payload, run on an ephemeral Dask cluster.
 
-    @task.dask(cluster={"n_workers": 2}, job_timeout="10m")
-    def total(n: int, client) -> int:               # `client`: the task's own cluster
-        return sum(client.gather(client.map(lambda x: x * x, range(n))))
+>>> from airflow.sdk import DAG, task
+>>> with DAG("total_example", schedule=None):
+...     @task.dask(cluster={"n_workers": 2}, job_timeout="10m")
+...     def total(n: int, scale: int = 1, *, client) -> int:   # client: the task's cluster
+...         return scale * sum(client.gather(client.map(lambda x: x * x, range(n))))
+...     result = total(10, scale=2)
+>>> result.operator.payload_kwargs()
+{'n': 10, 'scale': 2}
 
 Arguments work as with `@task`: positional and keyword arguments, defaults, XCom
 inputs, `.partial()` / `.expand()` / `.expand_kwargs()`, `multiple_outputs`, and context

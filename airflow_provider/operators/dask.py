@@ -1,12 +1,16 @@
 """DaskOperator: run a payload on an ephemeral Dask cluster for the length of one task.
 
-    DaskOperator(
-        task_id="etl",
-        payload="daskjob.payloads.etl:run",        # callable, "module:function" or script.py
-        op_kwargs={"source": "data/raw", "dest": "data/warehouse", "date": "{{ ds }}"},
-        cluster={"n_workers": 2, "memory_per_worker": "2GiB"},   # or dask_conn_id="dask_default"
-        job_timeout="30m",
-    )
+>>> from airflow.sdk import DAG
+>>> with DAG("etl_example", schedule=None):
+...     etl = DaskOperator(
+...         task_id="etl",
+...         payload="daskjob.payloads.etl:run",     # callable, "module:function" or script.py
+...         op_kwargs={"source": "data/raw", "dest": "data/warehouse", "date": "{{ ds }}"},
+...         cluster={"n_workers": 2, "memory_per_worker": "2GiB"},  # or dask_conn_id="..."
+...         job_timeout="30m",
+...     )
+>>> etl.cluster_spec().n_workers
+2
 
 The operator owns the lifecycle for the task: the daskjob run is created and torn down
 inside `execute`, `on_kill` cancels it (Airflow's task runner calls `on_kill` on SIGTERM

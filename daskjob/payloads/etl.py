@@ -1,6 +1,7 @@
 """The nightly ETL step: one day's raw bank-marketing drop -> validated, typed Parquet.
 
-    run(source="data/raw", dest="data/warehouse", date="2026-11-20")
+The payload is `run(source, dest, date, max_reject_ratio=0.05, blocksize="32MB")`, e.g.
+`run(source="data/raw", dest="data/warehouse", date="2026-11-20")` on a job's cluster.
 
 Extract   one day's drop: `source` is a folder holding `date=YYYY-MM-DD/` (as written by
           `daskjob demo-data`), or a glob/URL, optionally with `{date}` in it. CSV

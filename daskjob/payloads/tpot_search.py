@@ -1,6 +1,7 @@
 """AutoML on the job's cluster: a TPOT 1.x search over a small, CPU-friendly space.
 
-    run(data="data/warehouse/clients/", target="y", output="models/2026-11-20")
+The payload is `run(data, target, output, ...)`, e.g.
+`run(data="data/warehouse/clients/", target="y", output="models/2026-11-20")`.
 
 Load      `data`: any fsspec URL/path of a CSV file (',' or ';' separated, detected from
           the header line; compression inferred) or Parquet (a `.parquet` file, or a
