@@ -819,7 +819,7 @@ def write_rejected_record(raw: Mapping[str, Any], error: Exception) -> str | Non
     record = {"run_id": run_id, "name": name, "status": "startup_failed",
               "started_at": now, "ended_at": now, "duration_s": 0.0,
               "record_path": recdir.location,
-              "payload": describe_payload(raw.get("payload")),
+              "payload": None if raw.get("payload") is None else describe_payload(raw["payload"]),
               "labels": {"daskjob/run-id": run_id, **{str(k): str(v) for k, v in labels.items()}},
               "spec": redact(json.loads(json.dumps(spec_view, default=str))),
               "driver": _driver(),
