@@ -135,17 +135,19 @@ def _read(f) -> str:
     return f.read()
 
 
-@pytest.fixture(scope="module")
+# session-wide: a module fixture is set up again whenever xdist runs another module's
+# test in between, and these take a minute each
+@pytest.fixture(scope="session")
 def home(tmp_path_factory):
     return Home(str(tmp_path_factory.mktemp("airflow-user")))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def everyday(home):
     return home.dags_test("everyday")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mistakes(home):
     return home.dags_test("mistakes")
 
@@ -250,7 +252,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def execution_api(home):
     """A real Airflow api-server (execution API) on loopback, for LocalExecutor."""
     port = _free_port()

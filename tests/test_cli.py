@@ -106,6 +106,7 @@ def test_sigterm_tears_down(tmp_path, records):
     assert not alive
 
 
+@pytest.mark.xdist_group("reaper")  # `daskjob reap` stops every orphan on the machine
 def test_sigkill_driver_leaves_nothing_for_long(tmp_path, records):
     """Workers notice a SIGKILLed driver by themselves; `reap` stops the orphaned grandchild."""
     job = job_file(tmp_path, records, "jobs:grandchild_then_sleep", {"seconds": 300})
@@ -145,6 +146,7 @@ def test_sigkill_driver_leaves_nothing_for_long(tmp_path, records):
             proc.kill()
 
 
+@pytest.mark.xdist_group("reaper")  # `daskjob reap` stops every orphan on the machine
 def test_reap_older_than_spares_young_orphans(tmp_path):
     env = {**os.environ, "DASKJOB_RUN_ID": "orphan-test", "DASKJOB_DRIVER_PID": "999999999",
            "DASKJOB_DRIVER_START": "0", "DASKJOB_STARTED": repr(time.time())}

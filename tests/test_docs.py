@@ -129,7 +129,7 @@ def _airflow(cwd: str, env: dict, home_template: str) -> None:
     env.update({"AIRFLOW_HOME": home, "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(cwd, "dags")})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory) -> str:
     """One migrated Airflow metadata database, copied for each example that needs one."""
     pytest.importorskip("airflow")

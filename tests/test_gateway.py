@@ -221,6 +221,7 @@ def test_failures_leave_no_cluster(gw, gwc, tmp_path, records):
     print(f"failed run: {time.monotonic() - t:.1f}s; nothing left {gone:.1f}s after it")
 
 
+@pytest.mark.xdist_group("reaper")  # `daskjob reap` stops every orphan on the machine
 def test_killed_driver_cluster_is_reaped(gw, gwc, tmp_path, records):
     """A payload that computes on the driver keeps its cluster past the gateway's idle
     timeout; once the driver is SIGKILLed, `daskjob reap --backend gateway` stops it."""

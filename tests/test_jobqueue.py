@@ -269,6 +269,7 @@ def _job_file(tmp_path, records):
     return path
 
 
+@pytest.mark.xdist_group("reaper")  # `daskjob reap` stops every orphan on the machine
 def test_sigkilled_driver_reap_stops_its_jobs(tmp_path, records, slurm):
     job = _job_file(tmp_path, records)
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"), "COLUMNS": "250"}
