@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 from . import config as _config  # noqa: E402,F401  (loads the daskjob dask.config defaults)
 from .errors import (JobCancelled, JobFailed, JobTimedOut, SpecError,  # noqa: E402
                      StartupFailed)
+from .lifecycle import JobResult, JobRun, run_job  # noqa: E402
+from .live import cancel_all, install_signal_handlers  # noqa: E402
 from .observe import event  # noqa: E402
-from .run import (JobResult, JobRun, cancel_all, install_signal_handlers,  # noqa: E402
-                  run_job)
 from .spec import ClusterSpec, JobSpec  # noqa: E402
 
 __all__ = [

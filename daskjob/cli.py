@@ -51,7 +51,8 @@ def _print_event(record: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .errors import JobFailed, SpecError
-    from .run import JobRun, install_signal_handlers, write_rejected_record
+    from .lifecycle import JobRun, write_rejected_record
+    from .live import install_signal_handlers
     from .spec import JobSpec, load_yaml
 
     params = _parse_params(args.param or [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import pathlib
 import site
@@ -190,6 +191,23 @@ def _code_roots(fn: Callable[..., Any]) -> tuple[str | None, list[str]]:
     candidate = root.joinpath(*module_name.split("."))
     matches = (candidate.with_suffix(".py").exists() or (candidate / "__init__.py").exists())
     return module_name, ([str(root)] if matches else [])
+
+
+def recreate_module(name: str, file: str, source: str) -> None:
+    """On a worker or the scheduler: make `import name` (and unpickling by reference)
+    work, from the source module_source() read."""
+    import types
+    if name in sys.modules:
+        return
+    module = types.ModuleType(name)
+    module.__file__ = file
+    sys.modules[name] = module
+    try:
+        exec(compile(source, file, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        logging.getLogger("daskjob").exception(
+            "daskjob: could not recreate the payload module %r from %s", name, file)
 
 
 def module_source(name: str) -> dict[str, tuple[str, str]]:

@@ -21,19 +21,45 @@ LABELS_VAR = "DASKJOB_LABELS"
 DRIVER_PID_VAR = "DASKJOB_DRIVER_PID"
 DRIVER_START_VAR = "DASKJOB_DRIVER_START"
 STARTED_VAR = "DASKJOB_STARTED"
+EXPIRES_VAR = "DASKJOB_EXPIRES"
+DRIVER_VAR = "DASKJOB_DRIVER"
 
 
 # Labels on clusters that live outside this machine's process table (Slurm jobs, gateway
 # clusters, DaskCluster resources). Values fit a Kubernetes label value.
 DRIVER_LABEL = "daskjob/driver"    # host_pid_start of the process driving the run
 STARTED_LABEL = "daskjob/started"  # unix seconds
+EXPIRES_LABEL = "daskjob/expires"  # unix seconds by which the run has ended (see reap rule)
 
 
-def driver_labels() -> dict[str, str]:
+def _host() -> str:
+    return socket.gethostname().split(".")[0][:40] or "host"
+
+
+def driver_labels(expires_in: float | None = None) -> dict[str, str]:
+    """The labels naming this process as a run's driver, from now on; with the run's
+    expiry when it has one (`expires_in` seconds from now)."""
     me = psutil.Process()
-    host = socket.gethostname().split(".")[0][:40] or "host"
-    return {DRIVER_LABEL: f"{host}_{me.pid}_{int(me.create_time())}",
-            STARTED_LABEL: str(int(time.time()))}
+    now = time.time()
+    labels = {DRIVER_LABEL: f"{_host()}_{me.pid}_{int(me.create_time())}",
+              STARTED_LABEL: str(int(now))}
+    if expires_in is not None:
+        labels[EXPIRES_LABEL] = str(int(now + expires_in))
+    return labels
+
+
+def env_labels(env: dict[str, str]) -> dict[str, str]:
+    """The reap rule's labels of a process on this machine, from its environment."""
+    labels = {STARTED_LABEL: env.get(STARTED_VAR, ""), EXPIRES_LABEL: env.get(EXPIRES_VAR, "")}
+    if env.get(DRIVER_VAR):
+        labels[DRIVER_LABEL] = env[DRIVER_VAR]
+    else:  # started before processes carried the driver label: pid and start time
+        try:
+            start = int(float(env.get(DRIVER_START_VAR, "0")))
+        except ValueError:
+            start = 0
+        labels[DRIVER_LABEL] = f"{_host()}_{env.get(DRIVER_PID_VAR, '0')}_{start}"
+    return {k: v for k, v in labels.items() if v}
 
 
 def driver_label_alive(value: str | None) -> bool | None:
@@ -44,7 +70,7 @@ def driver_label_alive(value: str | None) -> bool | None:
         pid_n, start_n = int(pid), int(start)
     except ValueError:
         return None
-    if host != (socket.gethostname().split(".")[0][:40] or "host"):
+    if host != _host():
         return None
     try:
         proc = psutil.Process(pid_n)
@@ -54,21 +80,20 @@ def driver_label_alive(value: str | None) -> bool | None:
         return False
 
 
-def label_age(labels: dict[str, str], now: float | None = None) -> float | None:
-    try:
-        return (now or time.time()) - float(labels[STARTED_LABEL])
-    except (KeyError, ValueError):
-        return None
-
-
 def label_env(run_id: str, labels: dict[str, str]) -> dict[str, str]:
+    """The environment every process of the run carries: its id, its labels (with the
+    driver's, see driver_labels) and the driver's pid."""
     me = psutil.Process()
+    env = {EXPIRES_VAR: labels[EXPIRES_LABEL]} if EXPIRES_LABEL in labels else {}
+    if DRIVER_LABEL in labels:
+        env[DRIVER_VAR] = labels[DRIVER_LABEL]
     return {
+        **env,
         RUN_ID_VAR: run_id,
         LABELS_VAR: json.dumps(labels, sort_keys=True),
         DRIVER_PID_VAR: str(me.pid),
         DRIVER_START_VAR: repr(me.create_time()),
-        STARTED_VAR: repr(time.time()),
+        STARTED_VAR: labels.get(STARTED_LABEL) or repr(time.time()),
         # distributed sets process titles ("dask worker [...]") with setproctitle, which
         # by default overwrites the memory /proc/PID/environ is read from: the labels
         # would vanish from exactly the processes the reaper looks for.

@@ -1,10 +1,10 @@
-"""Find and stop what killed runs left behind on this machine.
+"""Find and stop what killed runs left behind: processes on this machine, and clusters
+on the cluster manager a job reaches. Both by the one rule of backends/reap.py.
 
-Local processes carry their run's labels in the environment (see procs.py). A process
-is an orphan when the driver that started its run is gone. Other backends find their own
-leftovers through their cluster manager (Slurm jobs by comment, gateway clusters and
-DaskCluster resources by label, processes on ssh hosts by their environment): see
-Backend.find_leftovers.
+Local processes carry their run's labels in their environment (see procs.py); other
+backends list their clusters through their cluster manager (Slurm jobs by comment,
+gateway clusters and DaskCluster resources by label, processes on ssh hosts by their
+environment): see Backend.find_leftovers.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import psutil
 
 from .backends import Leftover, get_backend
-from .procs import (RUN_ID_VAR, STARTED_VAR, driver_alive, labelled_processes,
-                    terminate)
+from .backends.reap import age_of, verdict
+from .procs import RUN_ID_VAR, env_labels, labelled_processes, terminate
 
 
 @dataclass
@@ -28,23 +28,20 @@ class Orphan:
     process: psutil.Process
 
 
-def find_orphans(older_than: float = 0.0) -> list[Orphan]:
+def find_orphans(older_than: float | None = None) -> list[Orphan]:
+    """Processes on this machine whose run the reap rule calls left over."""
     now = time.time()
     found = []
     for proc, env in labelled_processes():
-        if driver_alive(env):
-            continue
-        try:
-            started = float(env.get(STARTED_VAR) or proc.create_time())
-        except ValueError:
-            started = proc.create_time()
-        age = now - started
-        if age < older_than:
+        labels = env_labels(env)
+        if not verdict(labels, older_than=older_than, started=proc.create_time(),
+                       now=now).leftover:
             continue
         try:
             command = " ".join(proc.cmdline()) or proc.name()
         except psutil.Error:
             command = "?"
+        age = age_of(labels, started=proc.create_time(), now=now) or 0.0
         found.append(Orphan(env[RUN_ID_VAR], proc.pid, age, command, proc))
     return found
 
@@ -53,7 +50,7 @@ def reap(orphans: list[Orphan], grace: float = 5.0) -> list[int]:
     return terminate([o.process for o in orphans], grace)
 
 
-def find_backend_leftovers(spec, older_than: float = 0.0) -> list[Leftover]:
+def find_backend_leftovers(spec, older_than: float | None = None) -> list[Leftover]:
     """Leftovers of killed runs on the cluster manager `spec` (a ClusterSpec) reaches."""
     return get_backend(spec.backend).find_leftovers(spec, older_than)
 

@@ -16,8 +16,13 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError,
                       field_validator, model_validator)
 
 from . import config
+from .backends.registry import backend_names, get_backend
+from .config import worker_dask_config
+from .dask_logs import dask_log_level
 from .durations import nbytes, seconds
 from .errors import SpecError
+from .payload import check_payload, describe_payload
+from .record import redact
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
@@ -159,7 +164,6 @@ class ClusterSpec(_Strict):
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
-        from .backends import backend_names
         names = backend_names()
         if v not in names:
             raise ValueError(f"unknown backend {v!r}; available: {', '.join(sorted(names))}")
@@ -167,7 +171,6 @@ class ClusterSpec(_Strict):
 
     @model_validator(mode="after")
     def _backend_rules(self):
-        from .backends import get_backend
         get_backend(self.backend).validate(self)
         return self
 
@@ -267,15 +270,12 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _worker_settings(self):
-        from .config import worker_dask_config
-        from .dask_logs import dask_log_level
         worker_dask_config(report=False)  # daskjob.worker-profile*: checked before any process
         dask_log_level()
         return self
 
     @model_validator(mode="after")
     def _payload(self):
-        from .payload import check_payload
         self.payload = check_payload(self.payload, self.params)
         return self
 
@@ -305,8 +305,6 @@ class JobSpec(_Strict):
 
     def redacted(self) -> dict[str, Any]:
         """The spec as JSON-safe data, with secret-looking values hidden."""
-        from .payload import describe_payload
-        from .record import redact
         # params may hold any object (a front end passes e.g. Airflow's task instance):
         # they are recorded as JSON where they are JSON, else as their repr
         data = self.model_dump(mode="python", exclude={"payload", "params"})

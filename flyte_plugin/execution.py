@@ -6,7 +6,7 @@
   see the same Flyte context (`flytekit.current_context()`, Decks, FlyteFile uploads)
   as the thread flytekit called `execute` in;
 - logs: the run's lifecycle lines, worker log lines and user events go to flytekit's
-  logger tree (`flytekit.daskjob`), live;
+  logger tree (`flytekit.daskjob`), live (daskjob.frontend);
 - SIGTERM (how Flyte stops a task pod) cancels the run, so teardown runs before exit.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from flytekit.core.context_manager import FlyteContextManager, flyte_context_Var
 
 from daskjob import JobRun
-from daskjob.observe import is_dask_internal
+from daskjob.frontend import log_user_event, run_logs_to
 
 # flytekit's own logger stays at WARNING unless asked otherwise; a child logger at INFO
 # still reaches flytekit's handler (pod log, `pyflyte run` console) through propagation.
@@ -95,46 +95,14 @@ def in_flyte_context(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-class _ToFlyteLog(logging.Handler):
-    """Re-emits the `daskjob` loggers' records of one run on `flytekit.daskjob`."""
-
-    def __init__(self, run_id: str):
-        super().__init__(logging.INFO)
-        # the core logs a run's lines from its collector thread, its payload thread and
-        # the thread that called run(): other runs in this process are not ours to echo
-        self.threads = {f"daskjob-collector-{run_id}", f"daskjob-payload-{run_id}"}
-        self.caller = threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.threadName in self.threads or record.thread == self.caller:
-            # a new record on our logger, keeping where and when the line was made
-            out = log.makeRecord(log.name, record.levelno, record.pathname, record.lineno,
-                                 record.getMessage(), (), None, func=record.funcName)
-            out.created, out.msecs = record.created, record.msecs
-            log.handle(out)
-
-
-@contextlib.contextmanager
-def logs_to_flytekit(run: JobRun) -> Iterator[None]:
-    source = logging.getLogger("daskjob")
-    handler = _ToFlyteLog(run.run_id)
-    old_level = source.level
-    source.addHandler(handler)
-    if source.getEffectiveLevel() > logging.INFO:
-        source.setLevel(logging.INFO)  # lifecycle and worker lines are INFO
-    try:
-        yield
-    finally:
-        source.removeHandler(handler)
-        source.setLevel(old_level)
+def logs_to_flytekit(run: JobRun):
+    """The run's lifecycle lines, worker lines and warnings on `flytekit.daskjob`, live."""
+    return run_logs_to(log, run.run_id, instead=False)
 
 
 def log_event(record: dict) -> None:
     """on_event: user events (etl.partition, tpot.progress, ...) as log lines."""
-    if is_dask_internal(record["topic"]):
-        return  # lifecycle lines come through the daskjob logger; distributed's are noise
-    log.info("dask event %s [%s] %s", record["topic"], record.get("worker") or "",
-             record.get("data"))
+    log_user_event(log, record)
 
 
 @contextlib.contextmanager

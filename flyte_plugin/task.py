@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -36,6 +35,8 @@ from flytekit.core.task import TaskPlugins
 from flytekit.deck import DeckField
 
 from daskjob import JobFailed, JobRun, JobSpec
+from daskjob.frontend import job_name as frontend_job_name
+from daskjob.frontend import summary_line
 
 from . import deck as deck_page
 from .errors import as_task_error
@@ -142,11 +143,7 @@ class DaskJobTask(PythonFunctionTask[DaskJob]):
         record = run.last_record
         if not record:
             return
-        phases = ", ".join(f"{k} {v['seconds']}s" for k, v in (record.get("phases") or {}).items())
-        log.info("daskjob run %s %s in %ss | phases: %s | workers: %s | events: %s | record: %s",
-                 record.get("run_id"), record.get("status"), record.get("duration_s"), phases,
-                 record.get("workers"), (record.get("events") or {}).get("count"),
-                 record.get("record_path"))
+        log.info("%s", summary_line(record))
         if not self.enable_deck:
             return
         try:
@@ -179,10 +176,9 @@ def _without_client(fn: Callable) -> Callable:
 
 
 def job_name(task_name: str) -> str:
-    """A daskjob name (1-63 of A-Za-z0-9_.-) from a Flyte task name; the end is kept,
-    which is the most specific part ("workflows.nightly_etl.etl")."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", task_name)[-63:]
-    return name.lstrip("_.-") or "flyte-task"
+    """A daskjob name from a Flyte task name; the end is kept, which is the most specific
+    part ("workflows.nightly_etl.etl")."""
+    return frontend_job_name(task_name, "flyte-task", keep_end=True)
 
 
 def dask_task(_task_function: Callable | None = None, *, cluster: Any = None,

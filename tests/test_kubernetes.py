@@ -350,7 +350,7 @@ DRIVER = textwrap.dedent("""
 def test_reaper_deletes_the_daskcluster_of_a_killed_driver(tmp_path, records):
     """Contract with the API server for `daskjob reap --backend kubernetes`: the DaskCluster
     of a SIGKILLed driver is found by its labels and deleted; a live driver's is kept, one
-    from another host only once it is older than `older_than`. Also: the logs of Running
+    from another host only once it is older than `older_than` (backends/reap.py). Also: the logs of Running
     pods are fetched (a Pending pod has none to give)."""
     backend = get_backend(K8S)
     spec = kspec()
@@ -388,7 +388,12 @@ def test_reaper_deletes_the_daskcluster_of_a_killed_driver(tmp_path, records):
             "metadata": {"name": "not-ours", "namespace": "default", "labels": {"app": "x"}}})
         assert socket.gethostname().split(".")[0] != "otherhost"
 
-        found = backend.find_leftovers(spec, older_than=3600)
+        # one reap rule for every backend: a dead driver's cluster at any age (an
+        # --older-than spares clusters younger than it, whatever their driver), one from
+        # another host only once it is older than --older-than
+        found = backend.find_leftovers(spec, older_than=None)
+        assert sorted(f.name for f in found) == [killed_name]
+        found += backend.find_leftovers(spec, older_than=3600)
         assert sorted(f.name for f in found) == sorted([killed_name, "daskjob-remote-old"])
         killed = next(f for f in found if f.name == killed_name)
         assert killed.run_id.startswith("killed-") and "gone" in killed.detail

@@ -158,7 +158,7 @@ def test_cancel_takes_no_lock_so_signal_handlers_cannot_deadlock(records):
     handler, on the main thread, between two bytecodes: maybe while that thread holds a
     lock inside a wait. A lock taken by cancel() could then never be released (once,
     threading.Event.set() hung a run until Airflow's SIGKILL)."""
-    import daskjob.run as run_module
+    import daskjob.live as live
     run = JobRun(spec(records, "jobs:sleeps"))
     taken = []
 
@@ -179,8 +179,8 @@ def test_cancel_takes_no_lock_so_signal_handlers_cannot_deadlock(records):
     done = threading.Event()
 
     def holder():
-        with run_module._LIVE_LOCK:
-            run_module.cancel_all("nested")
+        with live._LIVE_LOCK:
+            live.cancel_all("nested")
             done.set()
 
     t = threading.Thread(target=holder, daemon=True)
@@ -358,8 +358,8 @@ def test_borrowed_cluster_is_never_shut_down(records):
 def test_close_twice_is_harmless(records):
     run = JobRun(spec(records, "jobs:add_up", params={"n": 2}))
     run.run()
-    run._emergency_teardown()
-    run._emergency_teardown()
+    run.emergency_teardown()
+    run.emergency_teardown()
     rec, events = load(only_run(records))
     assert lifecycle(events).count("teardown done") == 1
 

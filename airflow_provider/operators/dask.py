@@ -25,10 +25,7 @@ ordinary task failure (`DaskJobFailed`), retried as the task says.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import re
 from typing import Any, Callable, Sequence
 
 from airflow.sdk import BaseOperator
@@ -37,8 +34,9 @@ from airflow.sdk.exceptions import (AirflowException, AirflowFailException,
 
 from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec, SpecError
 from daskjob import config as daskjob_config
-from daskjob.observe import LIFECYCLE_TOPIC, is_dask_internal
-from daskjob.run import write_rejected_record
+from daskjob.frontend import job_name, log_user_event, run_logs_to, summary_line
+from daskjob.observe import LIFECYCLE_TOPIC
+from daskjob.lifecycle import write_rejected_record
 
 from ..links import RECORD_XCOM_KEY, DaskDashboardLink, DaskRunRecordLink
 
@@ -127,7 +125,7 @@ class DaskOperator(BaseOperator):
             "airflow/map_index": ti.map_index, **self.job_labels,
         }
         fields: dict[str, Any] = {
-            "name": _job_name(ti.dag_id, ti.task_id), "payload": self._payload(context),
+            "name": job_name(f"{ti.dag_id}.{ti.task_id}", "airflow-task"), "payload": self._payload(context),
             "params": self.payload_kwargs(), "labels": labels,
         }
         for key, value in (("timeout", self.job_timeout), ("startup_timeout", self.startup_timeout),
@@ -179,7 +177,7 @@ class DaskOperator(BaseOperator):
             # SIGTERM came before the run existed (while the spec was built, e.g. during
             # the connection lookup): on_kill had nothing to cancel, so do it now
             run.cancel("Airflow task killed (on_kill)")
-        with _daskjob_logs_to(self.log):
+        with run_logs_to(self.log, run.run_id, instead=True):
             return self._execute_run(run, spec, context)
 
     def _execute_run(self, run: JobRun, spec: JobSpec, context) -> Any:
@@ -189,7 +187,7 @@ class DaskOperator(BaseOperator):
             result = run.run()
         except JobFailed as e:
             self._push_record(context, e.record)
-            self._log_summary(e.record)
+            self.log.info("%s", summary_line(e.record))
             raise DaskJobFailed(str(e), record=e.record) from None
         except BaseException:
             self._push_record(context, getattr(run, "last_record", None) or {})
@@ -197,7 +195,7 @@ class DaskOperator(BaseOperator):
         finally:
             self._run = None
         self._push_record(context, result.record)
-        self._log_summary(result.record)
+        self.log.info("%s", summary_line(result.record))
         return result.value
 
     def on_kill(self) -> None:
@@ -212,10 +210,7 @@ class DaskOperator(BaseOperator):
     def _log_event(self, record: dict) -> None:
         if record["topic"] == LIFECYCLE_TOPIC and record["data"].get("event") == "provisioned":
             self._publish_dashboard_link(record["data"].get("dashboard"))
-        if is_dask_internal(record["topic"]):
-            return  # lifecycle: the daskjob logger reports it; distributed's own: noise
-        self.log.info("dask event %s [%s] %s", record["topic"], record.get("worker") or "",
-                      record.get("data"))
+        log_user_event(self.log, record)
 
     def _publish_dashboard_link(self, link: str | None) -> None:
         """While the run lives, the UI's "Dask dashboard" link points at it (Airflow sets
@@ -237,47 +232,6 @@ class DaskOperator(BaseOperator):
         summary["error"] = (record.get("error") or {}).get("message")
         self.record_summary = summary
         context["ti"].xcom_push(key=RECORD_XCOM_KEY, value=summary)
-
-    def _log_summary(self, record: dict) -> None:
-        if not record:
-            return
-        phases = ", ".join(f"{k} {v['seconds']}s" for k, v in (record.get("phases") or {}).items())
-        self.log.info("daskjob run %s %s in %ss | phases: %s | workers: %s | events: %s | "
-                      "record: %s", record.get("run_id"), record.get("status"),
-                      record.get("duration_s"), phases, record.get("workers"),
-                      (record.get("events") or {}).get("count"), record.get("record_path"))
-
-
-class _ToTaskLog(logging.Handler):
-    def __init__(self, task_log: logging.Logger):
-        super().__init__(logging.INFO)
-        self.task_log = task_log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.task_log.log(record.levelno, "%s", record.getMessage())
-
-
-@contextlib.contextmanager
-def _daskjob_logs_to(task_log: logging.Logger):
-    """Worker log lines and lifecycle lines (the `daskjob` loggers) into the task log,
-    live, whatever level the root logger of this process has."""
-    source = logging.getLogger("daskjob")
-    handler = _ToTaskLog(task_log)
-    old_level, old_propagate = source.level, source.propagate
-    source.addHandler(handler)
-    source.setLevel(logging.INFO)
-    source.propagate = False
-    try:
-        yield
-    finally:
-        source.removeHandler(handler)
-        source.setLevel(old_level)
-        source.propagate = old_propagate
-
-
-def _job_name(dag_id: str, task_id: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{dag_id}.{task_id}").strip("-.") or "airflow-task"
-    return name[:63]
 
 
 def _task_timeout_class() -> type[BaseException]:

@@ -1,20 +1,26 @@
-"""`address`: a borrowed, already running scheduler. The client closes; the cluster is
-never shut down, and the workers are not ours to label or clean."""
+"""`address`: a borrowed, already running scheduler. The run connects a client and
+never shuts the cluster down; the workers are not its to label or clean."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
-from . import Backend, ClusterContext, register_backend
+from .base import Backend, ClusterContext, ClusterHandle
+from .common import BackendOptions
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
 
 
-@register_backend
+class AddressOptions(BackendOptions):
+    backend: ClassVar[str] = "address"
+
+    min_workers: int = 1   # how many workers to wait for before the payload starts
+
+
 class AddressBackend(Backend):
     name = "address"
-    owns_cluster = False
+    Options = AddressOptions
 
     def validate(self, spec: "ClusterSpec") -> None:
         if not spec.address:
@@ -27,25 +33,16 @@ class AddressBackend(Backend):
             raise ValueError("tls: a borrowed scheduler has its own certificates; give a "
                              "tls:// address and set them in dask's distributed.comm.tls "
                              "config, leaving tls unset")
-        unknown = set(spec.options) - {"min_workers"}
-        if unknown:
-            raise ValueError(f"options: {', '.join(sorted(unknown))} not accepted by the "
-                             "'address' backend (accepted: min_workers)")
+        self.options(spec)
 
     def expected_workers(self, spec: "ClusterSpec") -> int:
-        return int(spec.options.get("min_workers", 1))
+        return self.options(spec).min_workers
 
-    def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
-        return spec.address
+    def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> ClusterHandle:
+        return ClusterHandle(cluster=spec.address, owned=False)
 
-    def client_target(self, cluster: Any) -> Any:
-        return cluster
-
-    def scale(self, cluster: Any, n: int) -> None:
+    def scale(self, handle: ClusterHandle, n: int) -> None:
         pass  # a borrowed cluster's size is not ours to change
 
-    def dashboard_link(self, cluster: Any) -> str | None:
+    def dashboard_link(self, handle: ClusterHandle) -> str | None:
         return None
-
-    def close(self, cluster: Any, timeout: float) -> None:
-        pass  # never shut down a borrowed cluster

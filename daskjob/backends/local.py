@@ -10,7 +10,8 @@ import os
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dask.config
 from dask.config import merge
@@ -18,7 +19,10 @@ from distributed import LocalCluster, Nanny, Worker
 from distributed.core import Status
 from distributed.security import Security
 
-from . import Backend, ClusterContext, register_backend
+from pydantic import ConfigDict, model_validator
+
+from .base import Backend, ClusterContext, ClusterHandle
+from .common import BackendOptions
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
@@ -161,24 +165,41 @@ def _accepted_kwargs() -> set[str]:
     return names
 
 
-@register_backend
-class LocalBackend(Backend):
-    name = "local"
-    shares_filesystem = True
-    reserved_options = frozenset({
+class LocalOptions(BackendOptions):
+    """Any other argument of distributed.LocalCluster, Nanny or Worker, and `config`
+    (nested dask config for the workers, over what daskjob gives them)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    backend: ClassVar[str] = "local"
+    reserved: ClassVar[frozenset[str]] = frozenset({
         "n_workers", "threads_per_worker", "memory_limit", "processes", "host",
         "scheduler_port", "dashboard_address", "env", "worker_class", "death_timeout",
         "preload", "asynchronous", "silence_logs", "security", "protocol",
     })
 
-    def validate(self, spec: "ClusterSpec") -> None:
-        super().validate(spec)
-        unknown = set(spec.options) - _accepted_kwargs() - self.reserved_options
-        if unknown:
-            raise ValueError(f"options: {', '.join(sorted(unknown))} not accepted by "
-                             "distributed.LocalCluster / Nanny / Worker")
+    config: dict[str, Any] | None = None
 
-    def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> Any:
+    @model_validator(mode="after")
+    def _known(self):
+        unknown = sorted(set(self.model_extra or {}) - _accepted_kwargs())
+        if unknown:
+            raise ValueError(f"options: {', '.join(unknown)} not accepted by "
+                             "distributed.LocalCluster / Nanny / Worker")
+        return self
+
+
+@dataclass(eq=False)
+class LocalHandle(ClusterHandle):
+    # the cluster's own Nanny class: its instances, and the flag that stops restarts
+    nanny_class: type[RecordingNanny] = RecordingNanny
+
+
+class LocalBackend(Backend):
+    name = "local"
+    Options = LocalOptions
+    shares_filesystem = True
+
+    def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> LocalHandle:
         # Workers start through scale() so that a worker that never arrives cannot block
         # here: the caller watches the startup deadline and can always close the cluster.
         options = dict(spec.options)
@@ -206,25 +227,17 @@ class LocalBackend(Backend):
             security=Security.temporary() if self.uses_tls(spec) else None,
             **options,
         )
-        cluster._daskjob_nannies = nanny_class.instances
-        cluster._daskjob_nanny_class = nanny_class
-        return cluster
+        return LocalHandle(cluster=cluster, nanny_class=nanny_class)
 
-    def stop_restarts(self, cluster: Any) -> None:
-        nanny_class = getattr(cluster, "_daskjob_nanny_class", None)
-        if nanny_class is not None:
-            nanny_class.stopping = True
+    def stop_restarts(self, handle: LocalHandle) -> None:
+        handle.nanny_class.stopping = True
 
-    def process_ids(self, cluster: Any) -> list[int]:
-        pids = []
-        for nanny in list(getattr(cluster, "_daskjob_nannies", [])):
-            pid = nanny.pid  # None before its process exists or after it is gone
-            if pid:
-                pids.append(pid)
-        return pids
+    def process_ids(self, handle: LocalHandle) -> list[int]:
+        # a nanny's pid is None before its process exists and after it is gone
+        return [n.pid for n in list(handle.nanny_class.instances) if n.pid]
 
-    def failure_reason(self, cluster: Any) -> str | None:
-        nannies = list(getattr(cluster, "_daskjob_nannies", []))
+    def failure_reason(self, handle: LocalHandle) -> str | None:
+        nannies = list(handle.nanny_class.instances)
         if not nannies:
             return None
         gone = (Status.failed, Status.closed, Status.closing, Status.closing_gracefully)

@@ -11,8 +11,10 @@ import shlex
 import time
 from typing import Any
 
-from ..procs import DRIVER_PID_VAR, DRIVER_START_VAR, driver_alive, driver_label_alive
-from . import Leftover
+from ..procs import (DRIVER_LABEL, DRIVER_PID_VAR, DRIVER_START_VAR, EXPIRES_LABEL,
+                     STARTED_LABEL, STARTED_VAR, env_labels)
+from .base import Leftover
+from .reap import Driver, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ for d in os.listdir("/proc"):
     g = lambda k: env.get(k, b"").decode(errors="replace")
     out.append({"pid": int(d), "run_id": run_id.decode(errors="replace"),
                 "driver": g(b"DASKJOB_DRIVER"), "started": g(b"DASKJOB_STARTED"),
+                "expires": g(b"DASKJOB_EXPIRES"),
                 "driver_pid": g(b"DASKJOB_DRIVER_PID"), "driver_start": g(b"DASKJOB_DRIVER_START"),
                 "proc_started": started, "cmd": cmd[:300]})
 print(json.dumps(out))
@@ -141,33 +144,20 @@ def run_on_hosts(connect: dict[str, Any], python: str, hosts: list[str], what: s
     return asyncio.run(all_hosts())
 
 
-def leftovers(backend: str, listing: dict[str, list[dict]], older_than: float) -> list[Leftover]:
-    """The runs whose driver is gone, from each host's listing, one Leftover per host."""
+def leftovers(backend: str, listing: dict[str, list[dict]],
+              older_than: float | None) -> list[Leftover]:
+    """The runs the reap rule calls left over, from each host's listing, one Leftover per
+    run and host."""
     found: list[Leftover] = []
     now = time.time()
     for host, procs in listing.items():
         by_run: dict[str, list[dict]] = {}
         for p in procs:
-            if p.get("driver"):
-                alive = driver_label_alive(p["driver"])
-            elif is_loopback(host):
-                # started without the label (not by this backend): a process here,
-                # so its driver pid is one of ours to check
-                alive = driver_alive({DRIVER_PID_VAR: p.get("driver_pid") or "0",
-                                      DRIVER_START_VAR: p.get("driver_start") or "0"})
-            else:
-                alive = None  # the driver ran somewhere else: by age alone
-            if alive:
-                continue
-            try:
-                started = float(p.get("started") or p["proc_started"])
-            except (TypeError, ValueError):
-                started = float(p["proc_started"])
-            age = now - started
-            if age < older_than:
-                continue
-            p["age"] = age
-            by_run.setdefault(p["run_id"], []).append(p)
+            labels, driver = _labels(host, p)
+            if verdict(labels, older_than=older_than, started=p["proc_started"], now=now,
+                       driver=driver).leftover:
+                p["age"] = now - float(labels.get(STARTED_LABEL) or p["proc_started"])
+                by_run.setdefault(p["run_id"], []).append(p)
         for run_id, ps in sorted(by_run.items()):
             pids = sorted(p["pid"] for p in ps)
             found.append(Leftover(
@@ -176,3 +166,19 @@ def leftovers(backend: str, listing: dict[str, list[dict]], older_than: float) -
                 age_s=max(p["age"] for p in ps),
                 detail=ps[0]["cmd"], handle={"host": host, "pids": pids}))
     return found
+
+
+def _labels(host: str, p: dict) -> tuple[dict[str, str], Driver | None]:
+    """A listed process's labels for the reap rule, and what is known of its driver
+    beyond them. A process started without the driver label (not by this backend) can
+    be judged by its driver's pid only when it runs on this machine."""
+    labels = {STARTED_LABEL: p.get("started") or "", EXPIRES_LABEL: p.get("expires") or ""}
+    if p.get("driver"):
+        labels[DRIVER_LABEL] = p["driver"]
+        return {k: v for k, v in labels.items() if v}, None
+    if is_loopback(host):
+        env = {DRIVER_PID_VAR: p.get("driver_pid") or "0",
+               DRIVER_START_VAR: p.get("driver_start") or "0",
+               STARTED_VAR: p.get("started") or ""}
+        return {**env_labels(env), **{k: v for k, v in labels.items() if v}}, None
+    return {k: v for k, v in labels.items() if v}, Driver.ELSEWHERE

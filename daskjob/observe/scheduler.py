@@ -1,0 +1,89 @@
+"""Scheduler side: every event of every topic goes to the run's client as it is logged.
+
+Dask keeps only the last 1,000 events per topic, so the run does not read `get_events()`
+at the end: `FirehosePlugin` forwards each event to the run's client on FIREHOSE_TOPIC,
+names the worker it came from, and counts task transitions for the progress bar.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from ..payload import recreate_module
+from .events import ADDRESS_PREFIXES, FIREHOSE_TOPIC
+
+def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
+    """Run on the scheduler: the firehose plugin's task counters."""
+    p = dask_scheduler.plugins.get(plugin)
+    return dict(p.progress) if p is not None else {"added": 0, "done": 0, "erred": 0}
+
+
+class FirehosePlugin(SchedulerPlugin):
+    """Forwards every event of every topic to one client, as it is logged."""
+
+    def __init__(self, client_id: str, name: str,
+                 modules: dict[str, tuple[str, str]] | None = None):
+        self.client_id = client_id
+        self.name = name
+        # payload modules the scheduler cannot import by name: it unpickles task graphs
+        # too, so it needs them as much as the workers do (see WorkerObserver)
+        self.modules = dict(modules or {})
+        self.names: dict[str, str] = {}
+        # task progress for the CLI's progress bar
+        self.progress = {"added": 0, "done": 0, "erred": 0}
+
+    def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
+        if start == "released" and finish in ("waiting", "queued", "processing", "no-worker"):
+            self.progress["added"] += 1
+        elif finish == "memory":
+            self.progress["done"] += 1
+        elif finish == "erred":
+            self.progress["erred"] += 1
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+        for module, (file, source) in self.modules.items():
+            recreate_module(module, file, source)
+        for addr, ws in scheduler.workers.items():
+            self.names[addr] = str(ws.name)
+
+    def add_worker(self, scheduler, worker: str) -> None:
+        # the scheduler logs "add-worker" before the worker is registered, so the name is
+        # only known here: announce the join from this hook instead
+        ws = scheduler.workers.get(worker)
+        self.names[worker] = str(ws.name) if ws is not None else worker
+        self._send("all", {"action": "worker-joined", "worker": worker}, self.names[worker])
+
+    def remove_client(self, scheduler, client: str) -> None:
+        if client == self.client_id:
+            self.client_id = None  # our driver left: nobody to forward to
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if (self.client_id is None or topic == FIREHOSE_TOPIC
+                or self.client_id not in self.scheduler.client_comms):
+            return
+        if topic.startswith(ADDRESS_PREFIXES):
+            # per-worker topics repeat what the scheduler also logs under "all", except
+            # a worker pausing at its memory limit or resuming, which only goes here
+            if isinstance(msg, dict) and msg.get("action") == "worker-status-change":
+                self._send("all", {**msg, "worker": topic}, self.names.get(topic, topic))
+            return
+        name = None
+        if isinstance(msg, dict) and isinstance(msg.get("worker"), str):
+            addr = msg["worker"]
+            name = self.names.get(addr)
+            if name is None and addr in self.scheduler.workers:
+                name = self.names[addr] = str(self.scheduler.workers[addr].name)
+        self._send(topic, msg, name)
+
+    def _send(self, topic: str, msg: Any, name: str | None) -> None:
+        if self.client_id is None or self.client_id not in self.scheduler.client_comms:
+            return
+        wrapped = {"topic": topic, "msg": msg, "name": name}
+        self.scheduler.send_all(
+            {self.client_id: [{"op": "event", "topic": FIREHOSE_TOPIC,
+                               "event": (time.time(), wrapped)}]},
+            worker_msgs={})
