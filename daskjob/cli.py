@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -49,38 +50,42 @@ def _print_event(record: dict) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .errors import JobFailed, SpecError
-    from .lifecycle import JobRun, write_rejected_record
-    from .live import install_signal_handlers
+def _load_job(args: argparse.Namespace):
+    """The job file as a JobSpec; an invalid one is said, and leaves a record."""
+    from .errors import SpecError
+    from .lifecycle import write_rejected_record
     from .spec import JobSpec, load_yaml
-
-    params = _parse_params(args.param or [])
     # like `python -m`: "module:function" payloads resolve from here and from the job's folder
     for folder in (os.path.dirname(os.path.abspath(args.job)), os.getcwd()):
         if folder not in sys.path:
             sys.path.insert(0, folder)
+    raw = None
     try:
-        raw = load_yaml(args.job, params=params)
+        raw = load_yaml(args.job, params=_parse_params(args.param or []))
         if args.record_dir:
             raw["record_dir"] = args.record_dir
-        spec = JobSpec.parse(raw)
+        return JobSpec.parse(raw)
     except SpecError as e:
-        where = write_rejected_record(raw, e) if "raw" in locals() else None
+        where = write_rejected_record(raw, e) if raw is not None else None
         console.print(f"[red]invalid job:[/] {e}")
         if where:
             console.print(f"record: {where}")
-        return 2
+        return None
 
-    run = JobRun(spec, on_event=None if args.quiet else _print_event)
-    install_signal_handlers()
+
+@contextlib.contextmanager
+def _progress_bar(run, name: str, show: bool):
+    """The run's Dask tasks as a progress bar, on a terminal."""
+    if not show:
+        yield
+        return
     stop = threading.Event()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
                         console=console, transient=True)
 
     def watch():
-        task = progress.add_task(spec.name, total=None, counts="starting the cluster")
+        task = progress.add_task(name, total=None, counts="starting the cluster")
         while not stop.wait(0.5):
             counts = run.task_progress()
             if counts and counts["added"]:
@@ -90,27 +95,42 @@ def cmd_run(args: argparse.Namespace) -> int:
             elif counts:
                 progress.update(task, counts="no Dask tasks yet")
 
-    watcher = None
-    if not args.quiet and console.is_terminal:
-        progress.start()
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+    progress.start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
-        result = run.run()
+        yield
+    finally:
+        stop.set()
+        watcher.join(2)
+        progress.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import JobFailed
+    from .lifecycle import JobRun
+    from .live import install_signal_handlers
+
+    spec = _load_job(args)
+    if spec is None:
+        return 2
+    run = JobRun(spec, on_event=None if args.quiet else _print_event)
+    install_signal_handlers()
+    try:
+        with _progress_bar(run, spec.name, not args.quiet and console.is_terminal):
+            result = run.run()
     except JobFailed as e:
         console.print(f"[red bold]{e.status}[/]: {e}", highlight=False)
         return 1
-    finally:
-        stop.set()
-        if watcher is not None:
-            watcher.join(2)
-            progress.stop()
     rec = result.record
-    console.print(f"[green bold]succeeded[/] in {rec['duration_s']}s · {rec['events']['count']} events · "
-                  f"{rec['logs']['lines']} log lines")
+    console.print(f"[green bold]succeeded[/] in {rec['duration_s']}s · {rec['events']['count']} "
+                  f"events · {rec['logs']['lines']} log lines")
     console.print(f"record: {rec['record_path']}")
     if result.value is not None:
-        out.print_json(data=rec["result"].get("value")) if rec["result"].get("json") else out.print(repr(result.value))
+        if rec["result"].get("json"):
+            out.print_json(data=rec["result"].get("value"))
+        else:
+            out.print(repr(result.value))
     return 0
 
 
@@ -145,13 +165,13 @@ def cmd_reap(args: argparse.Namespace) -> int:
     from .durations import seconds
     from .errors import SpecError
     from .reap import find_backend_leftovers, find_orphans, reap, stop_backend_leftovers
-    older = seconds(args.older_than, field="--older-than") if args.older_than not in ("0", "0s") else 0.0
+    older = seconds(args.older_than, field="--older-than") if args.older_than else None
     try:
         specs = _reap_specs(args)
     except SpecError as e:
         console.print(f"[red]cannot reap:[/] {e}")
         return 2
-    orphans = find_orphans(older_than=older or 0.0)
+    orphans = find_orphans(older_than=older)
     leftovers = [(spec, find_backend_leftovers(spec, older)) for spec in specs]
     if not orphans and not any(found for _, found in leftovers):
         out.print("nothing to reap")
@@ -212,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(fn=cmd_run)
     show.add_parser(sub)
     k = sub.add_parser("reap", help="stop clusters and processes left behind by killed runs")
-    k.add_argument("--older-than", default="0s", help="only runs started at least this long ago (e.g. 1h)")
+    k.add_argument("--older-than", metavar="AGE",
+                   help="only runs started at least this long ago (e.g. 1h); a run whose "
+                        "driver was on another host is taken once it is that old (without "
+                        "it: once it is past its expiry)")
     k.add_argument("--backend", action="append", metavar="NAME",
                    help="also look on this backend's cluster manager (repeatable; processes on "
                         "this machine are always looked for)")

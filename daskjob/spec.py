@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError,
-                      field_validator, model_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 from . import config
 from .backends.registry import backend_names, get_backend
@@ -130,30 +130,18 @@ class ClusterSpec(_Strict):
     def _numbers_not_bools(cls, v):
         return _no_bool(v)
 
-    @field_validator("n_workers")
+    @field_validator("n_workers", "threads_per_worker")
     @classmethod
-    def _workers(cls, v: int) -> int:
+    def _at_least_one(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"must be at least 1, got {v}")
         return v
 
-    @field_validator("threads_per_worker")
+    @field_validator("memory_per_worker", "worker_death_timeout")
     @classmethod
-    def _threads(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be at least 1, got {v}")
-        return v
-
-    @field_validator("memory_per_worker")
-    @classmethod
-    def _memory(cls, v):
-        nbytes(v, field="memory_per_worker")
-        return v
-
-    @field_validator("worker_death_timeout")
-    @classmethod
-    def _death(cls, v):
-        seconds(v, field="worker_death_timeout")
+    def _size_or_duration(cls, v, info: ValidationInfo):
+        check = nbytes if info.field_name == "memory_per_worker" else seconds
+        check(v, field=info.field_name)
         return v
 
     @field_validator("env", mode="before")
@@ -221,16 +209,10 @@ class JobSpec(_Strict):
     def _durations_not_bools(cls, v):
         return _no_bool(v)
 
-    @field_validator("startup_timeout")
+    @field_validator("startup_timeout", "timeout")
     @classmethod
-    def _startup(cls, v):
-        seconds(v, field="startup_timeout")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v):
-        seconds(v, field="timeout")
+    def _durations(cls, v, info: ValidationInfo):
+        seconds(v, field=info.field_name)
         return v
 
     @field_validator("record_dir")

@@ -195,7 +195,8 @@ def test_bad_input_fails_clearly_before_or_at_submission(tmp_path, records, slur
     pbs = ClusterSpec(backend="jobqueue", n_workers=1, memory_per_worker="2GiB",
                       options={"scheduler": "pbs", "queue": "batch", "walltime": "01:00:00"})
     ctx = ClusterContext(run_id="pbs-check", labels={}, worker_env={"DASKJOB_RUN_ID": "pbs check"})
-    pbs_cluster = backend.create(pbs, ctx)
+    pbs_handle = backend.create(pbs, ctx)
+    pbs_cluster = pbs_handle.cluster
     try:
         assert type(pbs_cluster).__name__ == "PBSCluster"
         script = pbs_cluster.job_script()
@@ -203,8 +204,8 @@ def test_bad_input_fails_clearly_before_or_at_submission(tmp_path, records, slur
         assert "export DASKJOB_RUN_ID='pbs check'" in script
         assert "--protocol tls://" in script and "--death-timeout" in script
     finally:
-        backend.close(pbs_cluster, timeout=10)
-        backend.close(pbs_cluster, timeout=10)  # twice is harmless
+        backend.close(pbs_handle, timeout=10)
+        backend.close(pbs_handle, timeout=10)  # twice is harmless
     assert not os.path.exists("/tmp/daskjob-jobqueue-pbs-check")
 
     def failing_run(name, **kw):

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import daskjob
+from daskjob import ClusterSpec
 
 try:
     from conftest import REPO, read_run
@@ -291,6 +292,39 @@ def test_sigkilled_driver_leaves_nothing_and_reaper_works_over_ssh(sshd, records
                 backend.stop_leftover(spec, lo)
 
 
+def test_a_run_driven_from_another_host_is_left_alone_until_it_expires(sshd):
+    """The one reap rule across hosts: the processes of a run whose driver ran on another
+    host cannot be judged by that driver from here. Left alone while the run's expiry
+    (in its labels) is ahead; a leftover once it has passed, or when `--older-than`
+    says runs that old are dead."""
+    host, _ = netns_hosts(sshd)
+    cluster = ssh_cluster(sshd, [host])
+    spec = ClusterSpec.parse(cluster)
+    backend = daskjob.backends.get_backend("ssh")
+    now, tag = time.time(), f"{os.getpid()}-{int(time.time())}"
+    runs = {"ahead": f"cross-ahead-{tag}", "passed": f"cross-passed-{tag}"}
+    for which, run_id in runs.items():
+        expires = now + 3600 if which == "ahead" else now - 10
+        start = (f"setsid env DASKJOB_RUN_ID={run_id} DASKJOB_DRIVER=otherhost_4242_1700000000 "
+                 f"DASKJOB_STARTED={now - 100} DASKJOB_EXPIRES={int(expires)} "
+                 f"sleep 120 </dev/null >/dev/null 2>&1 & echo $!")
+        subprocess.run(["ssh", "-i", sshd["SSH_KEY"], "-p", sshd["SSH_PORT"], "-o",
+                        f"UserKnownHostsFile={sshd['SSH_KNOWN_HOSTS']}", "-o",
+                        "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                        f"{sshd['SSH_USER']}@{host}", start], check=True, capture_output=True,
+                       timeout=30)
+    try:
+        by_default = {lo.run_id for lo in backend.find_leftovers(spec, older_than=None)}
+        assert runs["passed"] in by_default and runs["ahead"] not in by_default
+        told = {lo.run_id for lo in backend.find_leftovers(spec, older_than=60)}
+        assert set(runs.values()) <= told
+    finally:
+        for lo in backend.find_leftovers(spec, older_than=60):
+            if lo.run_id in runs.values():
+                backend.stop_leftover(spec, lo)
+    assert not any(remote_processes(cluster, r)[host] for r in runs.values())
+
+
 def test_scheduler_closes_itself_once_its_client_is_gone(sshd):
     """The safety net behind the hang-up: SSH sessions still up (a driver that froze, a
     partition between client and scheduler) but no client: the scheduler closes itself
@@ -308,10 +342,10 @@ def test_scheduler_closes_itself_once_its_client_is_gone(sshd):
     labels = {"daskjob/run-id": run_id}
     ctx = ClusterContext(run_id=run_id, labels={**labels, **driver_labels()},
                          worker_env=label_env(run_id, labels))
-    cluster = backend.create(spec, ctx)
+    handle = backend.create(spec, ctx)
     try:
-        backend.scale(cluster, 1)
-        with Client(cluster, set_as_default=False, timeout=60) as client:
+        backend.scale(handle, 1)
+        with Client(handle.cluster, set_as_default=False, timeout=60) as client:
             client.wait_for_workers(1, timeout=60)
         left_at = time.monotonic()
         time.sleep(1.0)
@@ -323,5 +357,5 @@ def test_scheduler_closes_itself_once_its_client_is_gone(sshd):
               "client left")
         assert since >= 3.0, since
     finally:
-        backend.close(cluster, timeout=10)
+        backend.close(handle, timeout=10)
     assert gone is not None

@@ -231,13 +231,8 @@ class GatewayBackend(Backend):
 
     # ------------------------------------------------------------------ reaper
     def find_leftovers(self, spec: "ClusterSpec", older_than: float | None) -> list[Leftover]:
-        gw = connect(self.options(spec), spec.secrets)
-        try:
-            reports = call(gw, gw._clusters)  # pending and running
-        finally:
-            close_gateway(gw)
         found = []
-        for report in reports:
+        for report in self._reports(spec):
             labels = (report.options or {}).get("labels") or {}
             if not labels.get("daskjob/run-id"):
                 continue
@@ -250,6 +245,14 @@ class GatewayBackend(Backend):
                     detail=f"{report.status.name}, driver {describe(labels)}: {judged.why}",
                     handle=report.name))
         return found
+
+    def _reports(self, spec: "ClusterSpec") -> list[Any]:
+        """The gateway's reports of its pending and running clusters."""
+        gw = connect(self.options(spec), spec.secrets)
+        try:
+            return call(gw, gw._clusters)
+        finally:
+            close_gateway(gw)
 
     def stop_leftover(self, spec: "ClusterSpec", leftover: Leftover) -> None:
         gw = connect(self.options(spec), spec.secrets)

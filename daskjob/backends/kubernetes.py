@@ -205,7 +205,7 @@ class KubernetesBackend(Backend):
     # -- reaper --------------------------------------------------------------------
     def find_leftovers(self, spec: "ClusterSpec", older_than: float | None) -> list[Leftover]:
         found = []
-        for item in run_async(list_clusters, dict(spec.options)):
+        for item in self._clusters(spec):
             meta = item["metadata"]
             labels = dict(meta.get("labels") or {})
             if RUN_ID_LABEL not in labels:  # the emulator (and old servers) ignore selectors
@@ -221,6 +221,10 @@ class KubernetesBackend(Backend):
                         f"driver {describe(labels)}: {judged.why}"),
                 handle={"namespace": meta.get("namespace"), "name": meta["name"]}))
         return found
+
+    def _clusters(self, spec: "ClusterSpec") -> list[dict[str, Any]]:
+        """The run-labelled DaskCluster resources, as the API server returns them."""
+        return run_async(list_clusters, dict(spec.options))
 
     def stop_leftover(self, spec: "ClusterSpec", leftover: Leftover) -> None:
         opts = dict(spec.options)

@@ -28,45 +28,57 @@ if TYPE_CHECKING:
     from ..spec import ClusterSpec
 
 
-class _ScrubbedEnviron:
-    """Remove variables from os.environ while worker processes are spawned.
+class _WhileSpawning:
+    """A change to this process that holds while nannies spawn worker processes. Nested
+    and concurrent starts (clusters in one process start workers concurrently) share it:
+    made by the first to enter, undone by the last to leave."""
 
-    A spawned worker inherits the environment at exec time and, before any worker code
-    runs, re-imports the parent's __main__ module. Under Airflow's task runner that
-    imports airflow with AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///
-    and the worker dies at once, so dropping the variable later (in the worker) is too
-    late. Nested and concurrent starts share one scrub (reference counted).
-    """
-
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
-        self._saved: dict[str, str] = {}
 
     @contextlib.contextmanager
-    def scrubbed(self, patterns: list[str]):
-        if not patterns:
-            yield
-            return
+    def held(self, *args: Any):
         with self._lock:
             self._depth += 1
-            for name in list(os.environ):
-                if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                    self._saved.setdefault(name, os.environ.pop(name))
+            self._make(self._depth == 1, *args)
         try:
             yield
         finally:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
-                    os.environ.update(self._saved)
-                    self._saved.clear()
+                    self._undo()
+
+    def _make(self, first: bool, *args: Any) -> None:
+        raise NotImplementedError
+
+    def _undo(self) -> None:
+        raise NotImplementedError
 
 
-_SPAWN_ENV = _ScrubbedEnviron()
+class _ScrubbedEnviron(_WhileSpawning):
+    """Variables the run drops, out of os.environ while worker processes are spawned: a
+    spawned worker inherits the environment at exec time, and whatever it imports
+    before daskjob's plugin cleans it would see them (under Airflow's task runner,
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:/// kills a worker that
+    imports airflow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved: dict[str, str] = {}
+
+    def _make(self, first: bool, patterns: list[str]) -> None:
+        for name in list(os.environ):
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                self._saved.setdefault(name, os.environ.pop(name))
+
+    def _undo(self) -> None:
+        os.environ.update(self._saved)
+        self._saved.clear()
 
 
-class _MainNotRerun:
+class _MainNotRerun(_WhileSpawning):
     """Keep spawned workers from importing the parent's __main__ again.
 
     multiprocessing's spawn imports the parent's main script (or `-m` module) in every
@@ -77,39 +89,29 @@ class _MainNotRerun:
     the worker must not have), and would run the script's top level again: a run started
     there without `if __name__ == "__main__":` would start once more in each worker. So
     __main__'s `__file__` and `__spec__` are hidden from spawn while workers start.
-    Reference counted like the environment scrub, since clusters in one process can
-    start workers concurrently.
     """
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
+    def __init__(self) -> None:
+        super().__init__()
         self._hidden: dict[str, Any] = {}
 
-    @contextlib.contextmanager
-    def hidden(self):
+    def _make(self, first: bool) -> None:
         main = sys.modules.get("__main__")
-        if main is None:
-            yield
-            return
-        with self._lock:
-            self._depth += 1
-            if self._depth == 1:
-                self._hidden = {"__file__": main.__dict__.pop("__file__", None),
-                                "__spec__": main.__dict__.get("__spec__")}
-                main.__spec__ = None
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    main.__spec__ = self._hidden["__spec__"]
-                    if self._hidden["__file__"] is not None:
-                        main.__file__ = self._hidden["__file__"]
-                    self._hidden = {}
+        if first and main is not None:
+            self._hidden = {"__file__": main.__dict__.pop("__file__", None),
+                            "__spec__": main.__dict__.get("__spec__"), "main": main}
+            main.__spec__ = None
+
+    def _undo(self) -> None:
+        main = self._hidden.pop("main", None)
+        if main is not None:
+            main.__spec__ = self._hidden["__spec__"]
+            if self._hidden["__file__"] is not None:
+                main.__file__ = self._hidden["__file__"]
+        self._hidden = {}
 
 
+_SPAWN_ENV = _ScrubbedEnviron()
 _MAIN = _MainNotRerun()
 
 
@@ -129,7 +131,7 @@ class RecordingNanny(Nanny):
 
     async def start_unsafe(self):
         try:
-            with _SPAWN_ENV.scrubbed(self.drop_env), _MAIN.hidden():
+            with _SPAWN_ENV.held(self.drop_env), _MAIN.held():
                 return await super().start_unsafe()
         except BaseException as e:
             self.startup_error = "".join(traceback.format_exception(e)).rstrip()
@@ -154,7 +156,7 @@ class RecordingNanny(Nanny):
 
     async def instantiate(self):
         # also when the nanny restarts a worker that died mid-run
-        with _SPAWN_ENV.scrubbed(self.drop_env), _MAIN.hidden():
+        with _SPAWN_ENV.held(self.drop_env), _MAIN.held():
             return await super().instantiate()
 
 
