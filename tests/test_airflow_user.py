@@ -252,7 +252,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not longer: other tests count this process's children
 def execution_api(home):
     """A real Airflow api-server (execution API) on loopback, for LocalExecutor."""
     port = _free_port()
