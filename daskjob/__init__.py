@@ -9,7 +9,7 @@
 (9, 'succeeded', 'closed')
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 from . import config as _config  # noqa: E402,F401  (loads the daskjob dask.config defaults)
 from .errors import (JobCancelled, JobFailed, JobTimedOut, SpecError,  # noqa: E402

@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError,
                       ValidationInfo, field_validator, model_validator)
 
 from . import config
-from .backends.registry import backend_names, get_backend
+from .backend_registry import backend_names, get_backend
 from .config import worker_dask_config
 from .dask_logs import dask_log_level
 from .durations import nbytes, seconds

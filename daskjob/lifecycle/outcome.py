@@ -14,7 +14,7 @@ import traceback
 import uuid
 from typing import Any, Mapping
 
-from .. import __version__
+from ..version import __version__
 from ..errors import JobCancelled, JobFailed, JobTimedOut, StartupFailed
 from ..payload import describe_payload
 from ..record import RecordDir, redact

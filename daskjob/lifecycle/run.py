@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping
 
 from distributed import Client
 
-from .. import config, live
+from .. import config
+from ..live import registered
 from ..backends import ClusterContext, ClusterHandle, get_backend
 from ..by_value import shipped_by_value
 from ..dask_logs import dask_log_level, quiet_dask_logs
@@ -140,7 +141,7 @@ class JobRun:
             recdir.events_path, recdir.logs_dir, run_id=self.run_id, on_event=self.on_event,
             forward_logs=self.spec.forward_logs, dask_log_level=dask_log_level())
         phases, value, failure = Phases(), None, None
-        with live.registered(self):
+        with registered(self):
             collector.lifecycle("run started", run_id=self.run_id,
                                 backend=self.spec.cluster.backend, payload=record["payload"])
             try:
