@@ -47,12 +47,15 @@ services: setup
 	-PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/services/up.sh
 
 # two pytest processes share the tests (most of them wait on processes starting); the
-# tests marked `alone` time a deadline set outside daskjob and run afterwards, by themselves
+# tests marked `alone` time a deadline set outside daskjob and run afterwards, by themselves.
+# Each test has its own limit (pyproject.toml); the whole part has one too, so that a hang
+# outside any test still ends the run, red
 PYTEST  := $(BIN)/python -m pytest -q -ra
+LIMIT   := timeout -k 60 2700
 
 test: setup services
-	$(PYTEST) -n 2 --dist loadgroup -m "not alone"; rc=$$?; \
-	  $(PYTEST) -m alone; rc2=$$?; \
+	$(LIMIT) $(PYTEST) -n 2 --dist loadgroup -m "not alone"; rc=$$?; \
+	  $(LIMIT) $(PYTEST) -m alone; rc2=$$?; \
 	  bash scripts/services/down.sh; [ $$rc -ne 0 ] && exit $$rc; exit $$rc2
 
 # also the minutes-long tests

@@ -4,6 +4,7 @@ daskjob run, no listening port of ours left behind."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -27,6 +28,25 @@ RUN_SLOW = os.environ.get("DASKJOB_SLOW_TESTS") == "1"
 SESSION_VAR = "DASKJOB_TEST_SESSION"
 os.environ[SESSION_VAR] = str(os.getpid())
 IN_XDIST = "PYTEST_XDIST_WORKER" in os.environ
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    """A few seconds before a test's time limit ends its process (pytest-timeout's thread
+    method), print where every thread is: a hang in CI then says where it hung. Written
+    to the stderr pytest kept aside for faulthandler, which reaches the terminal also from
+    an xdist worker."""
+    from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 0)
+    fd = item.config.stash.get(fault_handler_stderr_fd_key, None)
+    if fd is not None and limit > 10:
+        faulthandler.dump_traceback_later(limit - 5, file=fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -130,9 +130,11 @@ start() {
     DASKJOB_GATEWAY_PASSWORD="$(cat "$state/password")" \
     setsid "$bin/dask-gateway-server" -f "$here/gateway_config.py" \
       > "$log" 2>&1 < /dev/null &
-  echo $! > "$pidfile"
+  local started=$!
+  echo "$started" > "$pidfile"
   for _ in $(seq 1 300); do  # 60 s
-    if ! our_pid >/dev/null; then
+    # the pid is the forked shell until it has exec'd the server: ask whether it is alive
+    if [ ! -d "/proc/$started" ] || grep -q '^State:.*Z' "/proc/$started/status" 2>/dev/null; then
       echo "gateway: dask-gateway-server exited at start; last lines of $log:" >&2
       tail -20 "$log" >&2
       return 1
