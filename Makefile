@@ -51,7 +51,7 @@ services: setup
 # Each test has its own limit (pyproject.toml); the whole part has one too, so that a hang
 # outside any test still ends the run, red
 PYTEST  := $(BIN)/python -m pytest -q -ra
-LIMIT   := timeout -k 60 2700
+LIMIT   := timeout --foreground -k 60 2700
 
 test: setup services
 	$(LIMIT) $(PYTEST) -n 2 --dist loadgroup -m "not alone"; rc=$$?; \
