@@ -21,12 +21,13 @@ from .config import worker_dask_config
 from .dask_logs import dask_log_level
 from .durations import nbytes, seconds
 from .errors import SpecError
+from .fields import ENV_NAME, no_bool, string_mapping
+from .groups import DEFAULT, Adapt, GroupPlan, WorkerGroup, check_group_name
 from .payload import check_payload, describe_payload
 from .record import redact
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def valid_name(name: Any) -> bool:
@@ -78,27 +79,6 @@ def format_validation_error(model: str, error: ValidationError, whole: str = "sp
     return "\n".join(lines)
 
 
-def _string_mapping(v: Any, key_pattern: re.Pattern, key_word: str, bad_key: str) -> dict[str, str]:
-    """{key: scalar} with valid keys; values become strings (env vars and labels are text)."""
-    if not isinstance(v, dict):
-        raise ValueError(f"must be a mapping of {key_word}: value, got {type(v).__name__}")
-    out = {}
-    for k, val in v.items():
-        if not isinstance(k, str) or not key_pattern.fullmatch(k):
-            raise ValueError(f"{k!r} {bad_key}")
-        if isinstance(val, (dict, list)) or val is None:
-            raise ValueError(f"{k}: value must be a string or number, got {val!r}")
-        out[k] = str(val)
-    return out
-
-
-def _no_bool(v: Any) -> Any:
-    # pydantic would turn True into 1 (one worker, one second, one byte): refuse it
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number or a string, got {v!r}")
-    return v
-
-
 class ClusterSpec(_Strict):
     """Where and how big the ephemeral cluster is. Backend-specific keys go in `options`."""
 
@@ -116,6 +96,10 @@ class ClusterSpec(_Strict):
     worker_death_timeout: str | float = Field(
         default_factory=lambda: _default("cluster.worker-death-timeout"))
     preload: list[str] = Field(default_factory=list)
+    # instead of n_workers: the default group follows the load between minimum and maximum
+    adapt: Adapt | None = None
+    # extra groups beside the default one, each with its own size, resources and env
+    worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)
     # TLS between client, scheduler and workers with temporary credentials made per run;
     # None: the backend's default (on for every backend whose processes talk over a network)
     tls: bool | None = None
@@ -128,7 +112,7 @@ class ClusterSpec(_Strict):
                      "worker_death_timeout", mode="before")
     @classmethod
     def _numbers_not_bools(cls, v):
-        return _no_bool(v)
+        return no_bool(v)
 
     @field_validator("n_workers", "threads_per_worker")
     @classmethod
@@ -147,7 +131,7 @@ class ClusterSpec(_Strict):
     @field_validator("env", mode="before")
     @classmethod
     def _env(cls, v):
-        return _string_mapping(v, _ENV_NAME, "NAME", "is not a valid environment variable name")
+        return string_mapping(v, ENV_NAME, "NAME", "is not a valid environment variable name")
 
     @field_validator("backend")
     @classmethod
@@ -156,6 +140,20 @@ class ClusterSpec(_Strict):
         if v not in names:
             raise ValueError(f"unknown backend {v!r}; available: {', '.join(sorted(names))}")
         return v
+
+    @field_validator("worker_groups", mode="before")
+    @classmethod
+    def _group_names(cls, v):
+        if isinstance(v, dict):
+            for name in v:
+                check_group_name(name)
+        return v
+
+    @model_validator(mode="after")
+    def _one_size(self):
+        if self.adapt is not None and "n_workers" in self.model_fields_set:
+            raise ValueError("give either n_workers (a fixed size) or adapt (a range), not both")
+        return self
 
     @model_validator(mode="after")
     def _backend_rules(self):
@@ -169,6 +167,18 @@ class ClusterSpec(_Strict):
     @property
     def death_timeout_s(self) -> float:
         return seconds(self.worker_death_timeout, field="worker_death_timeout")
+
+    def group_plans(self) -> list[GroupPlan]:
+        """The default group first, then the extra ones, with every size resolved."""
+        default = GroupPlan(DEFAULT, None if self.adapt else self.n_workers, self.adapt,
+                            self.threads_per_worker, self.memory_bytes)
+        extra = [GroupPlan(name, None if g.adapt else (1 if g.n_workers is None else g.n_workers),
+                           g.adapt, g.threads_per_worker or self.threads_per_worker,
+                           nbytes(g.memory_per_worker, field="memory_per_worker")
+                           if g.memory_per_worker is not None else self.memory_bytes,
+                           dict(g.resources), dict(g.env), dict(g.options))
+                 for name, g in self.worker_groups.items()]
+        return [default, *extra]
 
 
 PayloadRef = str | Callable[..., Any]
@@ -207,7 +217,7 @@ class JobSpec(_Strict):
     @field_validator("startup_timeout", "timeout", mode="before")
     @classmethod
     def _durations_not_bools(cls, v):
-        return _no_bool(v)
+        return no_bool(v)
 
     @field_validator("startup_timeout", "timeout")
     @classmethod
@@ -225,7 +235,7 @@ class JobSpec(_Strict):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, v):
-        return _string_mapping(v, _LABEL_KEY, "key",
+        return string_mapping(v, _LABEL_KEY, "key",
                                "is not a valid label key: 1-63 letters, digits, '_', '.', '/', '-'")
 
     @field_validator("params", mode="before")

@@ -37,6 +37,8 @@ class ClusterContext:
     startup_deadline: float | None = None
     # True once the run is cancelled (a create() that waits stops waiting)
     is_cancelled: Callable[[], bool] = lambda: False
+    # an adaptive group changed size: (group, from, to), for the run's events
+    on_scale: Callable[[str, int, int], Any] = lambda group, before, after: None
 
 
 @dataclass(eq=False)
@@ -79,6 +81,12 @@ class Backend:
     shares_filesystem: ClassVar[bool] = False
     # TLS when ClusterSpec.tls is None: on for backends whose processes talk over a network
     tls_by_default: ClassVar[bool] = False
+    # what the backend can build (ClusterSpec.adapt, a group's adapt; worker_groups):
+    # a spec asking for more is refused when it is built, naming the backend and the key
+    can_adapt: ClassVar[bool] = False
+    can_group: ClassVar[bool] = False
+    # why not, when it cannot (said in the refusal)
+    why_not: ClassVar[str] = ""
 
     def uses_tls(self, spec: "ClusterSpec") -> bool:
         return self.tls_by_default if spec.tls is None else spec.tls
@@ -97,16 +105,41 @@ class Backend:
             raise ValueError(f"secrets: {', '.join(unknown)} not used by the {self.name!r} "
                              f"backend (it reads: {', '.join(sorted(self.secret_names or ()))})")
         self.options(spec)
+        self.validate_groups(spec)
+
+    def validate_groups(self, spec: "ClusterSpec") -> None:
+        """Refuse sizes and groups this backend cannot build; check each group's options."""
+        why = f" ({self.why_not})" if self.why_not else ""
+        if spec.adapt is not None and not self.can_adapt:
+            raise ValueError(f"adapt: the {self.name!r} backend cannot scale adaptively{why}; "
+                             "give n_workers instead")
+        if spec.worker_groups and not self.can_group:
+            raise ValueError(f"worker_groups: the {self.name!r} backend has one group of "
+                             f"workers only{why}")
+        for name, group in spec.worker_groups.items():
+            if group.adapt is not None and not self.can_adapt:
+                raise ValueError(f"worker_groups.{name}.adapt: the {self.name!r} backend "
+                                 f"cannot scale adaptively{why}; give n_workers instead")
+            self.check_group_options(name, group.options)
+
+    def check_group_options(self, group: str, options: dict[str, Any]) -> None:
+        """A group's backend-specific options (ValueError naming the key when wrong)."""
+        if options:
+            raise ValueError(f"worker_groups.{group}.options: the {self.name!r} backend takes "
+                             f"no options per group (got {', '.join(sorted(options))})")
 
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> ClusterHandle:
         """Start the scheduler (workers come with `scale`)."""
         raise NotImplementedError
 
     def expected_workers(self, spec: "ClusterSpec") -> int:
-        """How many workers must be up before the payload starts."""
-        return spec.n_workers
+        """How many workers must be up before the payload starts: every group's fixed
+        size or adaptive minimum."""
+        return sum(g.at_start for g in spec.group_plans())
 
     def scale(self, handle: ClusterHandle, n: int) -> None:
+        """Start the workers: `n` of the default group when it is fixed, else start
+        adapting (backends that can adapt or group override this)."""
         handle.cluster.scale(n)
 
     def client_target(self, handle: ClusterHandle) -> Any:

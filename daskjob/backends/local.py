@@ -10,8 +10,8 @@ import os
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import dask.config
 from dask.config import merge
@@ -21,8 +21,10 @@ from distributed.security import Security
 
 from pydantic import ConfigDict, model_validator
 
+from ..groups import GroupPlan
 from .base import Backend, ClusterContext, ClusterHandle
 from .common import BackendOptions
+from .local_groups import GroupAdaptive, GroupedLocalCluster
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
@@ -194,12 +196,30 @@ class LocalOptions(BackendOptions):
 class LocalHandle(ClusterHandle):
     # the cluster's own Nanny class: its instances, and the flag that stops restarts
     nanny_class: type[RecordingNanny] = RecordingNanny
+    groups: list[GroupPlan] = field(default_factory=list)
+    adaptives: list[GroupAdaptive] = field(default_factory=list)
+    on_scale: Callable[[str, int, int], Any] = lambda group, before, after: None
+
+
+# a group's own settings: the rest of a group's worker comes from the cluster's
+_GROUP_KEYS = frozenset({"name", "nthreads", "memory_limit", "resources", "env"})
 
 
 class LocalBackend(Backend):
     name = "local"
     Options = LocalOptions
     shares_filesystem = True
+    can_adapt = True
+    can_group = True
+
+    def check_group_options(self, group: str, options: dict[str, Any]) -> None:
+        # any other argument of the group's Nanny / Worker
+        worker_kwargs = _accepted_kwargs() - set(inspect.signature(LocalCluster.__init__).parameters)
+        bad = sorted(set(options) - worker_kwargs | set(options) & _GROUP_KEYS)
+        if bad:
+            raise ValueError(f"worker_groups.{group}.options: {', '.join(bad)} not accepted "
+                             "(a group takes arguments of distributed.Nanny / Worker; its "
+                             "threads, memory, resources and env are keys of the group)")
 
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> LocalHandle:
         # Workers start through scale() so that a worker that never arrives cannot block
@@ -211,7 +231,7 @@ class LocalBackend(Backend):
                               options.pop("config", None) or {})
         nanny_class = type("RecordingNanny", (RecordingNanny,),
                            {"instances": [], "drop_env": list(ctx.drop_env)})
-        cluster = LocalCluster(
+        cluster = GroupedLocalCluster(
             n_workers=0,
             threads_per_worker=spec.threads_per_worker,
             memory_limit=spec.memory_bytes if spec.memory_bytes else "auto",
@@ -229,10 +249,25 @@ class LocalBackend(Backend):
             security=Security.temporary() if self.uses_tls(spec) else None,
             **options,
         )
-        return LocalHandle(cluster=cluster, nanny_class=nanny_class)
+        plans = spec.group_plans()
+        for plan in plans[1:]:
+            cluster.extra_groups[plan.name] = _group_worker_spec(cluster.new_spec, plan)
+        return LocalHandle(cluster=cluster, nanny_class=nanny_class, groups=plans,
+                           on_scale=ctx.on_scale)
+
+    def scale(self, handle: LocalHandle, n: int) -> None:
+        """Each group to its fixed size, or adapting between its minimum and maximum."""
+        for plan in handle.groups:
+            if plan.adapt is None:
+                handle.cluster.scale_group(plan.name, int(plan.n_workers or 0))
+            else:
+                handle.adaptives.append(GroupAdaptive(handle.cluster, plan, handle.on_scale,
+                                                      **plan.adapt.adapt_kwargs()))
 
     def stop_restarts(self, handle: LocalHandle) -> None:
         handle.nanny_class.stopping = True
+        for adaptive in list(handle.adaptives):
+            adaptive.halted = True
 
     def process_ids(self, handle: LocalHandle) -> list[int]:
         # a nanny's pid is None before its process exists and after it is gone
@@ -253,3 +288,14 @@ class LocalBackend(Backend):
                     "(a worker that crashes while loading a task closes its nanny)")
         detail = "\n\n".join(sorted(errors))
         return head + (f":\n{detail}" if detail else "")
+
+
+def _group_worker_spec(default: dict, plan: GroupPlan) -> dict:
+    """A group's worker: the cluster's default worker with the group's sizes, resources,
+    env and options."""
+    options = dict(default["options"])
+    options.update(nthreads=plan.threads_per_worker, resources=dict(plan.resources) or None,
+                   env={**(options.get("env") or {}), **plan.env}, **plan.options)
+    if plan.memory_bytes:
+        options["memory_limit"] = plan.memory_bytes
+    return {"cls": default["cls"], "options": options}

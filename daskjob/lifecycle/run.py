@@ -30,6 +30,7 @@ from ..durations import seconds
 from ..errors import JobFailed, JobTimedOut, SpecError, StartupFailed
 from ..main_guard import refuse_while_bootstrapping, warn_if_unguarded
 from ..observe.collector import Collector
+from ..observe.usage import Usage, resource_time
 from ..payload import ResolvedPayload, describe_payload, resolve
 from ..procs import driver_labels, label_env
 from ..record import RecordDir
@@ -139,7 +140,8 @@ class JobRun:
         record = self._start_record(recdir)
         collector = self._collector = Collector(
             recdir.events_path, recdir.logs_dir, run_id=self.run_id, on_event=self.on_event,
-            forward_logs=self.spec.forward_logs, dask_log_level=dask_log_level())
+            forward_logs=self.spec.forward_logs, dask_log_level=dask_log_level(),
+            usage=Usage({g.name: g.at_start for g in self.spec.cluster.group_plans()}))
         phases, value, failure = Phases(), None, None
         with registered(self):
             collector.lifecycle("run started", run_id=self.run_id,
@@ -209,7 +211,8 @@ class JobRun:
                         **label_env(self.run_id, labels)},
             drop_env=[*spec.cluster.drop_env, *self.extra_drop_env],
             worker_config=config.worker_dask_config(report=spec.report_enabled),
-            startup_deadline=deadline, is_cancelled=lambda: self.cancelled)
+            startup_deadline=deadline, is_cancelled=lambda: self.cancelled,
+            on_scale=self._scaled)
         handle = start_cluster(self.backend, spec, self._ctx, deadline, self._check_cancel)
         self._handle = handle
         if handle.owned:  # a borrowed cluster is never ours to close
@@ -219,6 +222,10 @@ class JobRun:
         else:
             releases.outcome["cluster"] = "borrowed (left running)"
         return handle
+
+    def _scaled(self, group: str, before: int, after: int) -> None:
+        self._collector.lifecycle("scaled up" if after > before else "scaled down",
+                                  group=group, **{"from": before, "to": after})
 
     def _connect(self, handle: ClusterHandle, deadline: float, releases: Releases) -> Client:
         client = connect(self.backend, handle, deadline)
@@ -313,6 +320,7 @@ class JobRun:
                 with quietly("stopping worker restarts", self.run_id):
                     self.backend.stop_restarts(self._handle)
             self._collector.cluster_closing()  # from now on, workers leaving is no death
+            self._collector.usage.end()  # resource time counts until the teardown
             outcome = releases.close()
             self.state = RunState.FINISHED
             return outcome
@@ -358,6 +366,7 @@ class JobRun:
             "logs": {"lines": collector.log_line_count,
                      "files": sorted(os.listdir(logs)) if os.path.isdir(logs) else []},
             "worker_deaths": collector.worker_deaths,
+            **resource_time(collector.usage),
             "result": summarise(value) if failure is None else None, "error": error})
         recdir.write_json("record.json", record)
         recdir.publish()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..dask_logs import is_dask_logger
 from .events import BARRIER_TOPIC, LIFECYCLE_TOPIC, LOG_TOPIC, display_name, jsonable, marked
+from .usage import Usage
 
 _FLUSH = "daskjob.internal.flush"
 
@@ -26,7 +27,8 @@ class Collector:
 
     def __init__(self, events_path: str, logs_dir: str, *, run_id: str,
                  on_event: Callable[[dict], Any] | None = None, forward_logs: bool = True,
-                 tail_lines: int = 50, dask_log_level: int = logging.WARNING):
+                 tail_lines: int = 50, dask_log_level: int = logging.WARNING,
+                 usage: Usage | None = None):
         self.events_path = events_path
         self.logs_dir = logs_dir
         self.run_id = run_id
@@ -41,6 +43,8 @@ class Collector:
         self.paused_since: dict[str, float] = {}  # worker address -> time it paused
         # addresses of workers up right now, kept from the event stream (no RPC needed)
         self.live_workers: set[str] = set()
+        # workers per group over time, and their resource time
+        self.usage = usage or Usage()
         self._barriers: dict[str, set[str]] = defaultdict(set)
         self._barrier_cv = threading.Condition()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -122,12 +126,18 @@ class Collector:
             f.flush()
 
     def _worker_change(self, ts: float, msg: dict, name: str | None) -> None:
+        raw_name = name
         name = display_name(name) if name is not None else None
         if msg["action"] == "worker-joined":
             self.live_workers.add(msg.get("worker"))
-            what, data = "worker joined", {"worker": name, "address": msg.get("worker")}
+            self.usage.joined(ts, msg.get("worker"), raw_name, msg.get("nthreads"),
+                              msg.get("memory_limit"))
+            what, data = "worker joined", {
+                "worker": name, "address": msg.get("worker"),
+                **{k: msg[k] for k in ("nthreads", "memory_limit", "resources") if k in msg}}
         else:
             self.live_workers.discard(msg.get("worker"))
+            self.usage.left(ts, msg.get("worker"), raw_name)
             self.paused_since.pop(msg.get("worker"), None)
             died = not msg.get("expected", False) and not self._closing_cluster
             what = "worker died" if died else "worker left"

@@ -21,6 +21,19 @@ def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
     return dict(p.progress) if p is not None else {"added": 0, "done": 0, "erred": 0}
 
 
+def group_demand(scheduler: Any, resources: list[str]) -> int:
+    """Tasks that wait for, or run on, workers holding any of these resources: what a
+    worker group that has them is sized by (backends/local_groups.py)."""
+    wanted = set(resources or ())
+    if not wanted:
+        return 0
+    running = sum(len(ws.processing) for ws in scheduler.workers.values()
+                  if wanted & set(ws.resources or {}))
+    waiting = sum(1 for ts in scheduler.unrunnable
+                  if wanted & set(ts.resource_restrictions or {}))
+    return running + waiting
+
+
 class FirehosePlugin(SchedulerPlugin):
     """Forwards every event of every topic to one client, as it is logged."""
 
@@ -49,13 +62,18 @@ class FirehosePlugin(SchedulerPlugin):
             recreate_module(module, file, source)
         for addr, ws in scheduler.workers.items():
             self.names[addr] = str(ws.name)
+        scheduler.handlers["daskjob_group_demand"] = (
+            lambda comm=None, resources=(): group_demand(scheduler, list(resources)))
 
     def add_worker(self, scheduler, worker: str) -> None:
         # the scheduler logs "add-worker" before the worker is registered, so the name is
         # only known here: announce the join from this hook instead
         ws = scheduler.workers.get(worker)
         self.names[worker] = str(ws.name) if ws is not None else worker
-        self._send("all", {"action": "worker-joined", "worker": worker}, self.names[worker])
+        size = {} if ws is None else {"nthreads": ws.nthreads, "memory_limit": ws.memory_limit,
+                                      "resources": dict(ws.resources or {})}
+        self._send("all", {"action": "worker-joined", "worker": worker, **size},
+                   self.names[worker])
 
     def remove_client(self, scheduler, client: str) -> None:
         if client == self.client_id:
