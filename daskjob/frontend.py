@@ -32,8 +32,27 @@ def summary_line(record: dict[str, Any]) -> str:
     phases = ", ".join(f"{k} {v['seconds']}s" for k, v in (record.get("phases") or {}).items())
     return (f"daskjob run {record.get('run_id')} {record.get('status')} in "
             f"{record.get('duration_s')}s | phases: {phases} | workers: {record.get('workers')} "
+            f"| used: {resource_text(record)} "
             f"| events: {(record.get('events') or {}).get('count')} | record: "
             f"{record.get('record_path')}")
+
+
+def resource_text(record: dict[str, Any]) -> str:
+    """What the run's workers used, e.g. `61.4 worker-s, 61.4 core-s, 722.8 GiB-s
+    (default: peak 4 of 1-4)`; "not recorded" for records older than the figures."""
+    used = record.get("resource_time")
+    if not used:
+        return "not recorded"
+    groups = "; ".join(f"{name}: peak {g.get('peak')}, {g.get('worker_seconds')} worker-s"
+                       for name, g in (record.get("groups") or {}).items())
+    return (f"{used['worker_seconds']} worker-s, {used['core_seconds']} core-s, "
+            f"{used['gib_seconds']} GiB-s ({groups})")
+
+
+def group_summary(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per group, the figures without the timeline (for places with little room: XCom)."""
+    return {name: {k: v for k, v in g.items() if k != "timeline"}
+            for name, g in (record.get("groups") or {}).items()}
 
 
 def log_user_event(log: Any, record: dict[str, Any]) -> None:

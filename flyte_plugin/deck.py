@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec
 
+from daskjob.frontend import resource_text
 from daskjob.observe import LIFECYCLE_TOPIC, is_dask_internal
 
 DECK_NAME = "daskjob"
@@ -53,6 +54,7 @@ def summary_html(record: dict[str, Any]) -> str:
             ("duration", f"{_e(record.get('duration_s'))} s"),
             ("backend", _e(record.get("backend"))),
             ("workers", _e(record.get("workers"))),
+            ("resources used", _e(resource_text(record))),
             ("record", f"<code>{_e(record.get('record_path'))}</code>"),
             ("dashboard (while it ran)", _e(record.get("dashboard_link"))),
             ("labels", "<br>".join(f"{_e(k)} = {_e(v)}" for k, v in (record.get("labels") or {}).items())),

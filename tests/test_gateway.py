@@ -284,3 +284,17 @@ def test_killed_driver_cluster_is_reaped(gw, gwc, tmp_path, records):
         for c in [c for c in client.list_clusters()
                   if (c.options.get("labels") or {}).get("daskjob/name") == "gw-kill"]:
             client.stop_cluster(c.name)
+
+
+def test_adapt_is_the_gateways_own_and_grows_under_load(gw, gwc, records):
+    """`adapt` on a gateway cluster: the gateway server's adaptive scaling, between the
+    spec's minimum and maximum; nothing is left after the run."""
+    section = {**cluster_section(gw), "adapt": {"minimum": 1, "maximum": 3}}
+    del section["n_workers"]
+    result = run_job(job(records, "group_jobs:queue_then_idle", gw, cluster=section,
+                         params={"n": 30, "seconds": 1.0, "idle": 1}, timeout="300s"))
+    rec = result.record
+    assert rec["groups"]["default"]["expected"] == 1
+    assert rec["groups"]["default"]["peak"] >= 2, rec["groups"]
+    assert len(result.value) >= 2
+    wait_gone(gwc, rec["run_id"])

@@ -68,9 +68,9 @@ def seconds_until_no_jobs(run_id: str, timeout: float = CLEAN_WITHIN) -> float:
 
 def cluster(**kw):
     options = kw.pop("options", {})
-    return ClusterSpec(backend="jobqueue", **{"n_workers": 2, "threads_per_worker": 1,
-                                               "memory_per_worker": "1GiB", **kw},
-                       options={"walltime": "00:10:00", **options})
+    sizes = {"n_workers": 2, "threads_per_worker": 1, "memory_per_worker": "1GiB", **kw}
+    return ClusterSpec(backend="jobqueue", options={"walltime": "00:10:00", **options},
+                       **{k: v for k, v in sizes.items() if v is not None})
 
 
 def etl_spec(records, raw, dest, **params):
@@ -326,3 +326,20 @@ def test_sigkilled_driver_reap_stops_its_jobs(tmp_path, records, slurm):
         for j in squeue():
             if j["name"].startswith("daskjob-slurm-kill-"):
                 subprocess.run(["scancel", j["id"]], timeout=30)
+
+
+def test_adapt_submits_more_worker_jobs_under_load_and_none_are_left(tmp_path, records, slurm):
+    """`adapt` on Slurm: Dask's Adaptive asks for worker jobs while tasks queue and
+    cancels them when idle; whatever it submitted is gone after the run."""
+    spec = JobSpec(name="slurm-adapt", payload="group_jobs:queue_then_idle",
+                   params={"n": 30, "seconds": 1.0, "idle": 2}, record_dir=str(records),
+                   performance_report=False, startup_timeout="90s", timeout="300s",
+                   cluster=cluster(n_workers=None, adapt={"minimum": 1, "maximum": 3,
+                                                          "interval": "500ms"}))
+    result = run_job(spec)
+    rec = result.record
+    assert rec["groups"]["default"]["expected"] == 1
+    assert rec["groups"]["default"]["peak"] >= 2, rec["groups"]
+    assert len(result.value) >= 2  # tasks ran on more than the first worker job
+    assert "scaled up" in lifecycle(rec["record_path"])
+    seconds_until_no_jobs(rec["run_id"])

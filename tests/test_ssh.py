@@ -18,7 +18,7 @@ import time
 import pytest
 
 import daskjob
-from daskjob import ClusterSpec
+from daskjob import ClusterSpec, JobSpec, SpecError, run_job
 
 try:
     from conftest import REPO, read_run
@@ -359,3 +359,27 @@ def test_scheduler_closes_itself_once_its_client_is_gone(sshd):
     finally:
         backend.close(handle, timeout=10)
     assert gone is not None
+
+
+def test_a_group_runs_on_its_own_host_and_takes_the_annotated_work(sshd, records):
+    """Fixed worker groups on ssh: the default worker on one host, a `gpu` group on the
+    network-namespace host; work that needs the GPU resource runs there only."""
+    host, driver_address = netns_hosts(sshd)
+    cluster = {**ssh_cluster(sshd, [sshd["SSH_HOST"], sshd["SSH_HOST"], host],
+                             scheduler_host=driver_address), "n_workers": 1,
+               "worker_groups": {"gpu": {"n_workers": 1, "resources": {"GPU": 1},
+                                         "env": {"CUDA_VISIBLE_DEVICES": "0"},
+                                         "options": {"hosts": [host]}}}}
+    result = run_job(JobSpec(name="ssh-groups", payload="group_jobs:annotated_and_plain",
+                             params={"n": 8, "seconds": 0.1}, record_dir=str(records),
+                             performance_report=False, startup_timeout="90s",
+                             cluster=ClusterSpec(**cluster)))
+    gpu = result.value["gpu"]
+    assert {(d["name"], d["host"], d["gpu_env"]) for d in gpu} == {("gpu-0", host, "0")}
+    assert all(d["host"] != host for d in result.value["plain"] if d["name"] != "gpu-0")
+    assert set(result.record["groups"]) == {"default", "gpu"}
+    assert not any(remote_processes(cluster, result.record["run_id"]).values())
+
+    bad = {**cluster, "worker_groups": {"gpu": {"options": {"hosts": ["elsewhere"]}}}}
+    with pytest.raises(SpecError, match="not in the cluster's options.hosts"):
+        ClusterSpec(**bad)

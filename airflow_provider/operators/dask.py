@@ -34,7 +34,8 @@ from airflow.sdk.exceptions import (AirflowException, AirflowFailException,
 
 from daskjob import ClusterSpec, JobFailed, JobRun, JobSpec, SpecError
 from daskjob import config as daskjob_config
-from daskjob.frontend import job_name, log_user_event, run_logs_to, summary_line
+from daskjob.frontend import (group_summary, job_name, log_user_event, run_logs_to,
+                              summary_line)
 from daskjob.observe import LIFECYCLE_TOPIC
 from daskjob.lifecycle import write_rejected_record
 
@@ -227,7 +228,8 @@ class DaskOperator(BaseOperator):
             return
         summary = {k: record.get(k) for k in (
             "run_id", "status", "record_path", "dashboard_link", "duration_s", "phases",
-            "workers", "teardown")}
+            "workers", "teardown", "resource_time")}
+        summary["groups"] = group_summary(record)
         summary["events"] = (record.get("events") or {}).get("count")
         summary["error"] = (record.get("error") or {}).get("message")
         self.record_summary = summary

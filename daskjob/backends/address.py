@@ -20,6 +20,7 @@ class AddressOptions(BackendOptions):
 
 class AddressBackend(Backend):
     name = "address"
+    why_not = "the cluster is borrowed: its workers are not the run's to size"
     Options = AddressOptions
 
     def validate(self, spec: "ClusterSpec") -> None:
@@ -34,6 +35,7 @@ class AddressBackend(Backend):
                              "tls:// address and set them in dask's distributed.comm.tls "
                              "config, leaving tls unset")
         self.options(spec)
+        self.validate_groups(spec)
 
     def expected_workers(self, spec: "ClusterSpec") -> int:
         return self.options(spec).min_workers

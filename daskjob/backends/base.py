@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from ..groups import GroupPlan
+from .adaptive import GroupAdaptive, stop_adaptives
 from .common import BackendOptions
 
 if TYPE_CHECKING:
@@ -37,8 +39,6 @@ class ClusterContext:
     startup_deadline: float | None = None
     # True once the run is cancelled (a create() that waits stops waiting)
     is_cancelled: Callable[[], bool] = lambda: False
-    # an adaptive group changed size: (group, from, to), for the run's events
-    on_scale: Callable[[str, int, int], Any] = lambda group, before, after: None
 
 
 @dataclass(eq=False)
@@ -55,6 +55,11 @@ class ClusterHandle:
     # manager keeps are copied there (again at close, with the processes' last words)
     logs_dir: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # the worker groups (the default one first), as the run asked for them
+    groups: list[GroupPlan] = field(default_factory=list)
+    # the Adaptive objects sizing groups that adapt, and what they tell of each change
+    adaptives: list[Any] = field(default_factory=list)
+    on_scale: Callable[[str, int, int], Any] = lambda group, before, after: None
 
 
 @dataclass
@@ -138,9 +143,14 @@ class Backend:
         return sum(g.at_start for g in spec.group_plans())
 
     def scale(self, handle: ClusterHandle, n: int) -> None:
-        """Start the workers: `n` of the default group when it is fixed, else start
-        adapting (backends that can adapt or group override this)."""
-        handle.cluster.scale(n)
+        """Start the workers: `n` when the default group is fixed, else Dask's Adaptive
+        between its minimum and maximum (a SpecCluster's; other backends override)."""
+        default = handle.groups[0] if handle.groups else None
+        if default is None or default.adapt is None:
+            handle.cluster.scale(n)
+        else:
+            handle.adaptives.append(GroupAdaptive(handle.cluster, default, handle.on_scale,
+                                                  **default.adapt.adapt_kwargs()))
 
     def client_target(self, handle: ClusterHandle) -> Any:
         """What to hand to distributed.Client: the cluster itself or an address."""
@@ -159,8 +169,10 @@ class Backend:
         return None
 
     def stop_restarts(self, handle: ClusterHandle) -> None:
-        """The run is ending: workers that die from now on are not replaced. Called from
-        signal handlers (must only set flags)."""
+        """The run is ending: workers that die from now on are not replaced, and groups
+        that adapt stop scaling. Called from signal handlers (must only set flags)."""
+        for adaptive in list(handle.adaptives):
+            adaptive.halted = True
 
     def snapshot_logs(self, handle: ClusterHandle, logs_dir: str) -> list[str]:
         """Before teardown: copy into logs_dir the logs only the cluster manager keeps
@@ -178,6 +190,7 @@ class Backend:
         with handle.lock:
             if handle.closed or not handle.owned:
                 return
+            stop_adaptives(handle.adaptives, getattr(handle.cluster, "loop", None))
             self.shut_down(handle, timeout)
             handle.closed = True
 

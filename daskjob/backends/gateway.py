@@ -135,6 +135,8 @@ class GatewayHandle(ClusterHandle):
 
 class GatewayBackend(Backend):
     name = "gateway"
+    can_adapt = True  # the gateway server adapts (target_duration and interval: its own)
+    why_not = "a gateway cluster has one worker group; its options set the workers' size"
     Options = GatewayOptions
     secret_names = frozenset({"password", "api_token"})
     tls_by_default = True
@@ -184,9 +186,15 @@ class GatewayBackend(Backend):
         return handle
 
     def scale(self, handle: GatewayHandle, n: int) -> None:
+        """A fixed size, or the gateway's own adaptive scaling (run by the server)."""
         from dask_gateway.client import GatewayClusterError
         cluster = handle.cluster
+        default = handle.groups[0] if handle.groups else None
         try:
+            if default is not None and default.adapt is not None:
+                call(cluster.gateway, cluster.gateway._adapt_cluster, cluster.name,
+                     minimum=default.adapt.minimum, maximum=default.adapt.maximum)
+                return
             call(cluster.gateway, cluster.gateway._scale_cluster, cluster.name, n)
         except GatewayClusterError as e:  # 409: the gateway no longer runs it
             handle.status_at = 0.0

@@ -211,6 +211,8 @@ def _recording_job_class(base: type) -> type:
 
 class JobqueueBackend(Backend):
     name = "jobqueue"
+    can_adapt = True
+    why_not = "each run's workers are one batch job class; use a second job for other resources"
     Options = JobqueueOptions
     # the scheduler talks to workers on other machines: TLS unless told otherwise
     tls_by_default = True

@@ -111,6 +111,7 @@ class KubernetesHandle(ClusterHandle):
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    why_not = "not yet supported by daskjob on this backend"
     Options = KubernetesOptions
     shares_filesystem = False
     # the operator's pods speak plain TCP to each other; see the module docstring

@@ -10,8 +10,8 @@ import os
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dask.config
 from dask.config import merge
@@ -24,7 +24,8 @@ from pydantic import ConfigDict, model_validator
 from ..groups import GroupPlan
 from .base import Backend, ClusterContext, ClusterHandle
 from .common import BackendOptions
-from .local_groups import GroupAdaptive, GroupedLocalCluster
+from .adaptive import GroupAdaptive
+from .local_groups import GroupedLocalCluster
 
 if TYPE_CHECKING:
     from ..spec import ClusterSpec
@@ -196,9 +197,6 @@ class LocalOptions(BackendOptions):
 class LocalHandle(ClusterHandle):
     # the cluster's own Nanny class: its instances, and the flag that stops restarts
     nanny_class: type[RecordingNanny] = RecordingNanny
-    groups: list[GroupPlan] = field(default_factory=list)
-    adaptives: list[GroupAdaptive] = field(default_factory=list)
-    on_scale: Callable[[str, int, int], Any] = lambda group, before, after: None
 
 
 # a group's own settings: the rest of a group's worker comes from the cluster's
@@ -252,11 +250,12 @@ class LocalBackend(Backend):
         plans = spec.group_plans()
         for plan in plans[1:]:
             cluster.extra_groups[plan.name] = _group_worker_spec(cluster.new_spec, plan)
-        return LocalHandle(cluster=cluster, nanny_class=nanny_class, groups=plans,
-                           on_scale=ctx.on_scale)
+        return LocalHandle(cluster=cluster, nanny_class=nanny_class)
 
     def scale(self, handle: LocalHandle, n: int) -> None:
         """Each group to its fixed size, or adapting between its minimum and maximum."""
+        if not handle.groups:  # a cluster started outside a run: one group of n
+            handle.cluster.scale(n)
         for plan in handle.groups:
             if plan.adapt is None:
                 handle.cluster.scale_group(plan.name, int(plan.n_workers or 0))
@@ -266,8 +265,7 @@ class LocalBackend(Backend):
 
     def stop_restarts(self, handle: LocalHandle) -> None:
         handle.nanny_class.stopping = True
-        for adaptive in list(handle.adaptives):
-            adaptive.halted = True
+        super().stop_restarts(handle)
 
     def process_ids(self, handle: LocalHandle) -> list[int]:
         # a nanny's pid is None before its process exists and after it is gone

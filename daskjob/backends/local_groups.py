@@ -1,26 +1,19 @@
-"""Worker groups and adaptive scaling on a LocalCluster.
+"""Worker groups on a LocalCluster.
 
 A LocalCluster has one kind of worker. `GroupedLocalCluster` keeps extra named groups in
 the same `worker_spec` (workers `gpu-0`, `gpu-1`, ...) and sizes each group on its own;
-its `scale(n)` sizes the default group only. `GroupAdaptive` is distributed's Adaptive
-pointed at one group: it sees only that group's workers, asks the scheduler for that
-group's demand (tasks that need its resources) or, for the default group, for Dask's own
-adaptive target, and closes only that group's workers.
+its `scale(n)` sizes the default group only (backends/adaptive.py sizes a group that
+adapts).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from typing import Any
 
 from distributed import LocalCluster
 from distributed.core import Status
-from distributed.deploy.adaptive import Adaptive
 
-from ..groups import DEFAULT, GroupPlan, group_of
-
-# tells the run a group's size changed: (group, from, to)
-OnScale = Callable[[str, int, int], Any]
+from ..groups import DEFAULT, group_of
 
 
 class GroupedLocalCluster(LocalCluster):
@@ -40,11 +33,11 @@ class GroupedLocalCluster(LocalCluster):
         self.scale_group(DEFAULT, n)
 
     def scale_group(self, group: str, n: int) -> None:
-        members = sorted(self.group_names(group, self.worker_spec), key=_index)
+        members = sorted(self.group_names(group, self.worker_spec), key=index)
         if len(members) > n:
             launched = {v["name"] for v in self.scheduler_info["workers"].values()}
             # workers not yet started go first, then the newest
-            doomed = sorted(members, key=lambda k: (k in launched, _index(k)))[:len(members) - n]
+            doomed = sorted(members, key=lambda k: (k in launched, index(k)))[:len(members) - n]
             for name in doomed:
                 del self.worker_spec[name]
         elif self.status not in (Status.closing, Status.closed):
@@ -61,65 +54,6 @@ class GroupedLocalCluster(LocalCluster):
         return {f"{group}-{i}": self.extra_groups[group]}
 
 
-def _index(name: Any) -> int:
+def index(name: Any) -> int:
     tail = str(name).rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-class GroupAdaptive(Adaptive):
-    """distributed's Adaptive for one group of a GroupedLocalCluster."""
-
-    def __init__(self, cluster: GroupedLocalCluster, plan: GroupPlan, on_scale: OnScale,
-                 **kwargs: Any) -> None:
-        self.group = plan
-        self.on_scale = on_scale
-        self.halted = False  # set from signal handlers: no scaling from then on
-        super().__init__(cluster, **kwargs)
-
-    @property
-    def plan(self):
-        return self.cluster.group_names(self.group.name, self.cluster.plan)
-
-    @property
-    def requested(self):
-        return self.cluster.group_names(self.group.name, self.cluster.requested)
-
-    @property
-    def observed(self):
-        return self.cluster.group_names(self.group.name, self.cluster.observed)
-
-    async def adapt(self) -> None:
-        if not self.halted:
-            await super().adapt()
-
-    async def target(self) -> int:
-        if self.group.name == DEFAULT:
-            # Dask's own target, for the workers that are not in a group of their own
-            others = len(self.cluster.plan) - len(self.plan)
-            return max(0, await super().target() - others)
-        # answered by the run's scheduler plugin (observe/scheduler.py); none yet: no demand
-        try:
-            demand = await self.scheduler.daskjob_group_demand(
-                resources=list(self.group.resources))
-        except Exception:  # noqa: BLE001 - the plugin is not there yet; Adaptive retries
-            demand = 0
-        return math.ceil((demand or 0) / self.group.threads_per_worker)
-
-    async def workers_to_close(self, target: int) -> list:
-        others = len(self.cluster.observed) - len(self.observed)
-        names = await self.scheduler.workers_to_close(target=target + others, attribute="name")
-        return sorted(self.cluster.group_names(self.group.name, names), key=_index)
-
-    async def scale_up(self, n: int) -> None:
-        before = len(self.plan)
-        self.cluster.scale_group(self.group.name, n)
-        if n > before:
-            self.on_scale(self.group.name, before, n)
-
-    async def scale_down(self, workers) -> None:
-        before = len(self.plan)
-        await super().scale_down(workers)
-        after = len(self.plan)
-        if after < before:
-            self.on_scale(self.group.name, before, after)
-

@@ -33,6 +33,7 @@ from .ssh_processes import (START_TIMEOUT, RemoteProcess, SSHScheduler, SSHSpecC
 from .ssh_reap import is_loopback
 
 if TYPE_CHECKING:
+    from ..groups import GroupPlan
     from ..spec import ClusterSpec
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class SSHOptions(BackendOptions):
 @dataclass(eq=False)
 class SSHHandle(ClusterHandle):
     processes: list = field(default_factory=list)  # every RemoteProcess of the cluster
+    worker: dict = field(default_factory=dict)     # the default worker's spec
+    bind_worker_host: bool = True
 
 
 def _quiet_asyncssh() -> None:
@@ -133,6 +136,8 @@ def _quiet_asyncssh() -> None:
 
 class SSHBackend(Backend):
     name = "ssh"
+    why_not = "its workers are placed on the hosts in options.hosts"
+    can_group = True   # fixed-size groups, each on hosts of its own (options.hosts)
     Options = SSHOptions
     secret_names = frozenset({"password", "passphrase", "client_key"})
     tls_by_default = True
@@ -166,7 +171,39 @@ class SSHBackend(Backend):
             name=f"daskjob-ssh-{ctx.run_id}", worker_hosts=opts.hosts[1:] or opts.hosts[:1],
             registry=registry, bind_worker_host="host" not in opts.worker_options,
             silence_logs=False)
-        return SSHHandle(cluster=cluster, processes=registry)
+        return SSHHandle(cluster=cluster, processes=registry, worker=worker,
+                         bind_worker_host="host" not in opts.worker_options)
+
+    def validate_groups(self, spec: "ClusterSpec") -> None:
+        super().validate_groups(spec)
+        hosts = set(self.options(spec).hosts)
+        for name, group in spec.worker_groups.items():
+            # the reaper and the leak checks look on options.hosts: a group stays there
+            strangers = sorted(set(group.options.get("hosts") or ()) - hosts)
+            if strangers:
+                raise ValueError(f"worker_groups.{name}.options.hosts: {', '.join(strangers)} "
+                                 "not in the cluster's options.hosts (list every host there)")
+
+    def check_group_options(self, group: str, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - {"hosts", "worker_options"})
+        if unknown:
+            raise ValueError(f"worker_groups.{group}.options: {', '.join(unknown)} not "
+                             "accepted (an ssh group takes hosts and worker_options)")
+        hosts = options.get("hosts")
+        if hosts is not None and (not isinstance(hosts, list) or not hosts
+                                  or not all(isinstance(h, str) and h.strip() for h in hosts)):
+            raise ValueError(f"worker_groups.{group}.options.hosts: a non-empty list of hosts")
+        if not isinstance(options.get("worker_options", {}), dict):
+            raise ValueError(f"worker_groups.{group}.options.worker_options: a mapping")
+
+    def scale(self, handle: SSHHandle, n: int) -> None:
+        """The default workers round robin over the worker hosts; each group's on its own."""
+        cluster = handle.cluster
+        for plan in handle.groups[1:]:
+            for i in range(int(plan.n_workers or 0)):
+                cluster.worker_spec[plan.worker_name(i)] = _group_worker(handle, plan, i)
+        default = handle.groups[0].n_workers if handle.groups else n
+        cluster.scale(len(cluster.worker_spec) + int(default or 0))
 
     def _process_specs(self, spec, ctx, opts: SSHOptions, registry: list):
         """The SpecCluster specs of the scheduler and of a worker, and the run's TLS."""
@@ -325,3 +362,20 @@ def _config_b64(worker_config: dict, security) -> str:
                 "client": {"cert": security.tls_client_cert, "key": security.tls_client_key},
             }}}})
     return dask.config.serialize(config)
+
+
+def _group_worker(handle: SSHHandle, plan: "GroupPlan", i: int) -> dict:
+    """A group's i-th worker: the default worker's spec with the group's host, sizes,
+    resources and environment."""
+    options = dict(handle.worker["options"])
+    hosts = plan.options.get("hosts") or handle.cluster._worker_hosts
+    host = hosts[i % len(hosts)]
+    kwargs = {**options["kwargs"], "nthreads": plan.threads_per_worker,
+              "resources": dict(plan.resources) or None,
+              **(plan.options.get("worker_options") or {})}
+    if plan.memory_bytes:
+        kwargs["memory_limit"] = plan.memory_bytes
+    if handle.bind_worker_host:
+        kwargs["host"] = host
+    options.update(host=host, kwargs=kwargs, env={**options["env"], **plan.env})
+    return {"cls": handle.worker["cls"], "options": options}

@@ -211,9 +211,9 @@ class JobRun:
                         **label_env(self.run_id, labels)},
             drop_env=[*spec.cluster.drop_env, *self.extra_drop_env],
             worker_config=config.worker_dask_config(report=spec.report_enabled),
-            startup_deadline=deadline, is_cancelled=lambda: self.cancelled,
-            on_scale=self._scaled)
+            startup_deadline=deadline, is_cancelled=lambda: self.cancelled)
         handle = start_cluster(self.backend, spec, self._ctx, deadline, self._check_cancel)
+        handle.groups, handle.on_scale = spec.cluster.group_plans(), self._scaled
         self._handle = handle
         if handle.owned:  # a borrowed cluster is never ours to close
             releases.add("close the cluster", lambda: release_cluster(
