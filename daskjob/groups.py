@@ -6,8 +6,9 @@ worker resources and environment. Work annotated with a group's resources
 (`dask.annotate(resources={"GPU": 1})`) runs only on that group's workers.
 
 Worker names say their group: the default group's workers keep the backend's names,
-an extra group's are `<group>-<n>` (`gpu-0`), so that the scheduler, the logs and the
-record all tell them apart.
+an extra group's are `<group>-<n>` (`gpu-0`; on Kubernetes the operator's pod names,
+`<cluster>-gpu-worker-<hash>`), so that the scheduler, the logs and the record all tell
+them apart.
 """
 
 from __future__ import annotations
@@ -178,8 +179,13 @@ class GroupPlan:
 
 
 def group_of(worker_name: Any, groups: set[str]) -> str:
-    """The group a worker belongs to, by its name (`gpu-0` -> gpu; anything else: default)."""
-    m = _WORKER_OF_GROUP.fullmatch(str(worker_name))
+    """The group a worker belongs to, by its name: `gpu-0` (local, ssh) or
+    `<cluster>-gpu-worker-<hash>` (a Kubernetes pod) -> gpu; anything else: default."""
+    text = str(worker_name)
+    m = _WORKER_OF_GROUP.fullmatch(text)
     if m and m.group("group") in groups:
         return m.group("group")
+    for group in groups:
+        if f"-{group}-worker-" in text:
+            return group
     return DEFAULT

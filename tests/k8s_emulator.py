@@ -233,8 +233,8 @@ class PlayedOperator:
             cluster = wg["spec"]["cluster"]
             if cluster in self.procs:
                 want = int(wg["spec"]["worker"].get("replicas") or 0)
-                while self.workers[cluster] < want:
-                    self._start_worker(cluster, wg)
+                while self.workers.get(wg_name, 0) < want:
+                    self._start_worker(cluster, wg_name, wg)
 
     def _start_cluster(self, ns: str, name: str, body: dict) -> None:
         port, dash = _free_port(), _free_port()
@@ -244,7 +244,6 @@ class PlayedOperator:
                           os.path.join(self.log_dir, f"{name}-scheduler.log"))
         self.procs[name] = [p]
         self.ports[name] = port
-        self.workers[name] = 0
         labels = {**(body["metadata"].get("labels") or {}),
                   "dask.org/cluster-name": name, "dask.org/component": "scheduler"}
 
@@ -273,9 +272,10 @@ class PlayedOperator:
                 "spec": {"cluster": name, "worker": body["spec"]["worker"]}}
         self.em.call(apply)
 
-    def _start_worker(self, cluster: str, wg: dict) -> None:
-        n = self.workers[cluster]
-        wname = f"{cluster}-default-worker-{n}"
+    def _start_worker(self, cluster: str, wg_name: str, wg: dict) -> None:
+        # the operator names a group's pods (and so its workers) <group>-worker-<hash>
+        n = self.workers.get(wg_name, 0)
+        wname = f"{wg_name}-worker-{n}"
         container = wg["spec"]["worker"]["spec"]["containers"][0]
         p = self._command(container,
                           {"DASK_WORKER_NAME": wname,
@@ -283,11 +283,13 @@ class PlayedOperator:
                           {"$(DASK_WORKER_NAME)": wname, "8788": "127.0.0.1:0"},
                           ["--host", "127.0.0.1"], os.path.join(self.log_dir, f"{wname}.log"))
         self.procs[cluster].append(p)
-        self.workers[cluster] += 1
+        self.workers[wg_name] = n + 1
 
     def _stop_cluster(self, name: str) -> None:
         from daskjob.procs import process_tree, terminate
         procs = self.procs.pop(name, [])
+        for group in [g for g in self.workers if g.startswith(f"{name}-")]:
+            del self.workers[group]
         terminate([p for p in process_tree([p.pid for p in procs]) if p.is_running()], grace=5)
         for p in procs:
             with contextlib.suppress(Exception):

@@ -422,3 +422,125 @@ def test_reaper_deletes_the_daskcluster_of_a_killed_driver(tmp_path, records):
         with open(paths[0]) as f:
             assert f.read().splitlines() == [
                 "distributed.scheduler - INFO - Scheduler at: tcp://10.0.0.1:8786", "line two"]
+
+
+GROUP_PAYLOAD = textwrap.dedent("""
+    import os
+
+    import dask
+    from distributed import get_worker
+
+
+    def where(i):
+        w = get_worker()
+        return str(w.name), os.environ.get("CUDA_VISIBLE_DEVICES"), dict(w.state.total_resources)
+
+
+    def on_the_gpu(client):
+        with dask.annotate(resources={"GPU": 1}):
+            futures = client.map(where, range(6), pure=False)
+        return client.gather(futures)
+
+
+    def on_the_driver(a, b):
+        return a + b
+""")
+
+
+def test_group_and_autoscaler_bodies_match_the_crds():
+    from daskjob.backends.kubernetes_body import build_autoscaler_body, build_group_body
+    from daskjob.backends.kubernetes_body import validate_cluster_body as check
+    spec = ClusterSpec(backend=K8S, adapt={"minimum": 1, "maximum": 5},
+                       threads_per_worker=2, memory_per_worker="2GiB",
+                       options={"image": "img:1"},
+                       worker_groups={"gpu": {"n_workers": 2, "threads_per_worker": 1,
+                                              "memory_per_worker": "8GiB",
+                                              "resources": {"GPU": 1},
+                                              "env": {"CUDA_VISIBLE_DEVICES": "0"},
+                                              "options": {"resources": {"limits": {
+                                                  "nvidia.com/gpu": "1"}}}}})
+    body = build_cluster_body(spec, context("groups-1", labels={"daskjob/run-id": "groups-1"}))
+    default, gpu = spec.group_plans()
+    wg, scaler = build_group_body(body, gpu), build_autoscaler_body(body, default.adapt)
+    check(wg, kind="daskworkergroup")
+    check(scaler, kind="daskautoscaler")
+    name = body["metadata"]["name"]
+    assert wg["metadata"]["name"] == f"{name}-gpu" and wg["spec"]["cluster"] == name
+    assert wg["metadata"]["labels"]["daskjob/run-id"] == "groups-1"
+    c = wg["spec"]["worker"]["spec"]["containers"][0]
+    assert wg["spec"]["worker"]["replicas"] == 2
+    assert c["args"][c["args"].index("--nthreads") + 1] == "1"
+    assert c["args"][c["args"].index("--memory-limit") + 1] == str(8 * 2**30)
+    assert c["args"][c["args"].index("--resources") + 1] == "GPU=1"
+    assert c["resources"]["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert env_of(c)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert scaler["spec"] == {"cluster": name, "minimum": 1, "maximum": 5}
+    # a body the CRD refuses is refused here, naming the field
+    bad = copy.deepcopy(scaler)
+    bad["spec"]["minimum"] = "one"
+    with pytest.raises(ValueError, match="spec.minimum"):
+        check(bad, kind="daskautoscaler")
+    with pytest.raises(SpecError, match="sizes the default worker group only"):
+        ClusterSpec(backend=K8S, options={"image": "i"},
+                    worker_groups={"gpu": {"adapt": {"maximum": 2}}})
+    with pytest.raises(SpecError, match="replicas not accepted"):
+        ClusterSpec(backend=K8S, options={"image": "i"},
+                    worker_groups={"gpu": {"options": {"replicas": 2}}})
+    with pytest.raises(SpecError, match=r"gpu.options.resources.limits.nvidia.com/gpu: 1 is "
+                                        "not a Kubernetes quantity"):
+        ClusterSpec(backend=K8S, options={"image": "i"}, worker_groups={
+            "gpu": {"options": {"resources": {"limits": {"nvidia.com/gpu": 1}}}}})
+
+
+@pytest.mark.usefixtures("no_leaks")
+def test_worker_groups_and_autoscaler_come_and_go_with_the_cluster(tmp_path, records):
+    """With the operator played by the test: an extra group's DaskWorkerGroup is created
+    with the cluster, its workers take the work annotated with its resource, and it is
+    deleted with the cluster; likewise a DaskAutoscaler for a default group that adapts."""
+    with Emulator(tmp_path) as emu, kubeconfig_env(emu.kubeconfig), \
+            PlayedOperator(emu, sys.executable) as op:
+        (tmp_path / "k8s_groups.py").write_text(GROUP_PAYLOAD)
+        sys.path.insert(0, str(tmp_path))
+        try:
+            import k8s_groups
+        finally:
+            sys.path.remove(str(tmp_path))
+        options = {"image": "img:1", "scheduler_service_type": "LoadBalancer",
+                   "resource_timeout": 30}
+        gpu = {"n_workers": 1, "resources": {"GPU": 1}, "env": {"CUDA_VISIBLE_DEVICES": "0"},
+               "options": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+        result = run_job({"name": "k8s-groups", "payload": k8s_groups.on_the_gpu,
+                          "record_dir": str(records), "startup_timeout": "60s",
+                          "performance_report": False,
+                          "cluster": {"backend": K8S, "n_workers": 1, "options": options,
+                                      "worker_groups": {"gpu": gpu}}})
+        wait_gone(emu)
+        name = posted_clusters(emu)[0]["metadata"]["name"]
+        assert {(w, env, res["GPU"]) for w, env, res in result.value} == \
+            {(f"{name}-gpu-worker-0", "0", 1)}
+        assert result.record["groups"]["gpu"]["started"] == 1
+        wgs = f"/apis/kubernetes.dask.org/v1/namespaces/default/daskworkergroups"
+        calls = emu.requests()
+        assert any(m == "POST" and p == wgs and b["metadata"]["name"] == f"{name}-gpu"
+                   for m, p, b in calls)
+        assert ("DELETE", f"{wgs}/{name}-gpu") in {(m, p) for m, p, _ in calls}
+        assert not op.procs
+
+    # a fresh API server: the emulator has no label selectors, and the first cluster's
+    # scheduler pod would match the next cluster's lookup
+    (tmp_path / "second").mkdir()
+    with Emulator(tmp_path / "second") as emu, kubeconfig_env(emu.kubeconfig), \
+            PlayedOperator(emu, sys.executable) as op:
+        result = run_job({"name": "k8s-adapt", "payload": k8s_groups.on_the_driver,
+                          "params": {"a": 1, "b": 2}, "record_dir": str(records),
+                          "startup_timeout": "60s", "performance_report": False,
+                          "cluster": {"backend": K8S, "adapt": {"minimum": 0, "maximum": 3},
+                                      "options": options}})
+        assert result.value == 3
+        wait_gone(emu)
+        name = posted_clusters(emu)[0]["metadata"]["name"]
+        scalers = "/apis/kubernetes.dask.org/v1/namespaces/default/daskautoscalers"
+        posted = [b for m, p, b in emu.requests() if m == "POST" and p == scalers]
+        assert [b["spec"] for b in posted] == [{"cluster": name, "minimum": 0, "maximum": 3}]
+        assert ("DELETE", f"{scalers}/{name}") in {(m, p) for m, p, _ in emu.requests()}
+        assert not emu.objects("daskautoscalers")

@@ -26,13 +26,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
 
 from .base import Backend, ClusterContext, ClusterHandle, Leftover
 from .common import BackendOptions, require_extra
-from .kubernetes_api import (GaveUp, delete_cluster, delete_named, fetch_pod_logs,
+from .kubernetes_api import (GaveUp, create_objects, delete_cluster, delete_named,
+                             delete_objects, fetch_pod_logs,
                              list_clusters, run_async, start_cluster)
-from .kubernetes_body import (QUANTITY, RUN_ID_LABEL, build_cluster_body,  # noqa: F401
+from .kubernetes_body import (QUANTITY, RUN_ID_LABEL, build_autoscaler_body,  # noqa: F401
+                              build_cluster_body, build_group_body,
                               cluster_name, label_value, validate_cluster_body)
 from .reap import describe, verdict
 
@@ -107,11 +109,18 @@ class KubernetesHandle(ClusterHandle):
     name: str = ""
     run_label: str = ""
     opts: dict[str, Any] = field(default_factory=dict)
+    # DaskWorkerGroups and DaskAutoscaler to create beside the DaskCluster, and made
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    made: list[tuple[str, str]] = field(default_factory=list)
 
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
-    why_not = "not yet supported by daskjob on this backend"
+    # the default group adapts with the operator's DaskAutoscaler; extra groups are
+    # DaskWorkerGroups of a fixed size (the autoscaler sizes the default group only)
+    can_adapt = True
+    can_group = True
+    why_not = "the operator's DaskAutoscaler sizes the default worker group only"
     Options = KubernetesOptions
     shares_filesystem = False
     # the operator's pods speak plain TCP to each other; see the module docstring
@@ -124,6 +133,26 @@ class KubernetesBackend(Backend):
         super().validate(spec)
         require_extra("dask_kubernetes.operator", "kubernetes", "kubernetes", "dask-kubernetes")
 
+    def validate_groups(self, spec: "ClusterSpec") -> None:
+        super().validate_groups(spec)
+        for name, group in spec.worker_groups.items():
+            if group.adapt is not None:
+                raise ValueError(f"worker_groups.{name}.adapt: {self.why_not}; give the "
+                                 "group n_workers")
+
+    def check_group_options(self, group: str, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - {"resources", "node_selector"})
+        if unknown:
+            raise ValueError(f"worker_groups.{group}.options: {', '.join(unknown)} not "
+                             "accepted (a kubernetes group takes resources and node_selector)")
+        try:
+            Resources.model_validate(options.get("resources") or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"worker_groups.{group}.options.resources.{where}: "
+                             f"{err['msg'].removeprefix('Value error, ')}") from None
+
     # -- start ---------------------------------------------------------------------
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> KubernetesHandle:
         give_up = _give_up_at(ctx)  # first: imports below take a while
@@ -133,9 +162,10 @@ class KubernetesBackend(Backend):
             raise ValueError(f"options.image: {IMAGE_REQUIRED}")
         body = build_cluster_body(spec, ctx)
         validate_cluster_body(body)
+        extra = _extra_bodies(spec, body)  # checked before anything is created
         handle = KubernetesHandle(cluster=None, name=body["metadata"]["name"],
                                   run_label=body["metadata"]["labels"][RUN_ID_LABEL],
-                                  opts=dict(spec.options),
+                                  opts=dict(spec.options), extra=extra,
                                   state={"namespace": spec.options.get("namespace")})
         handle.runner = LoopRunner(asynchronous=False)
         handle.runner.start()
@@ -163,6 +193,16 @@ class KubernetesBackend(Backend):
         handle.runner.stop()
         return outcome
 
+    def scale(self, handle: KubernetesHandle, n: int) -> None:
+        """The default worker group to its size (or its DaskAutoscaler), then the extra
+        DaskWorkerGroups."""
+        from distributed.utils import sync
+        default = handle.groups[0] if handle.groups else None
+        if default is None or default.adapt is None:
+            handle.cluster.scale(n if default is None else int(default.n_workers or 0))
+        if handle.extra and not handle.made:
+            handle.made = sync(handle.runner.loop, create_objects, handle.state, handle.extra)
+
     def dashboard_link(self, handle: KubernetesHandle) -> str | None:
         with contextlib.suppress(Exception):  # a port-forward that is not up: no link
             return handle.cluster.dashboard_link
@@ -173,6 +213,14 @@ class KubernetesBackend(Backend):
         failed). Bounded by `timeout` (+5 s)."""
         from distributed.utils import sync
         started = time.monotonic()
+        made = handle.state.get("made") or []
+        if made:
+            try:
+                sync(handle.runner.loop, delete_objects, handle.state, made,
+                     callback_timeout=timeout)
+            except Exception as e:  # noqa: BLE001 - the DaskCluster's deletion cascades
+                logger.warning("daskjob: deleting %s: %s (the DaskCluster's deletion "
+                               "removes them too)", made, e)
         try:
             # KubeCluster deletes the DaskCluster and waits for it to go
             sync(handle.runner.loop, handle.cluster._close, timeout=timeout,
@@ -233,6 +281,18 @@ class KubernetesBackend(Backend):
         if handle.get("namespace"):
             opts["namespace"] = handle["namespace"]
         run_async(delete_named, opts, handle.get("name") or leftover.name)
+
+
+def _extra_bodies(spec: "ClusterSpec", cluster_body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The DaskWorkerGroups of the extra groups and, when the default group adapts, its
+    DaskAutoscaler: each checked against its CRD."""
+    plans = spec.group_plans()
+    bodies = [build_group_body(cluster_body, plan) for plan in plans[1:]]
+    if plans[0].adapt is not None:
+        bodies.append(build_autoscaler_body(cluster_body, plans[0].adapt))
+    for body in bodies:
+        validate_cluster_body(body, kind=body["kind"].lower())
+    return bodies
 
 
 def _give_up_at(ctx: ClusterContext) -> float:

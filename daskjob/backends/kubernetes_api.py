@@ -115,6 +115,32 @@ async def delete_cluster(state, name, run_label, timeout) -> bool:
     return True
 
 
+async def create_objects(state, bodies: list[dict]) -> list[tuple[str, str]]:
+    """Create the run's DaskWorkerGroups and DaskAutoscaler beside its DaskCluster.
+    Returns (kind, name) of each, for their deletion."""
+    from dask_kubernetes.operator._objects import DaskAutoscaler, DaskWorkerGroup
+    classes = {"DaskWorkerGroup": DaskWorkerGroup, "DaskAutoscaler": DaskAutoscaler}
+    made = []
+    for body in bodies:
+        obj = await classes[body["kind"]](body, namespace=state["namespace"], api=state["api"])
+        await obj.create()
+        made.append((body["kind"], body["metadata"]["name"]))
+        state.setdefault("made", []).append(made[-1])
+    return made
+
+
+async def delete_objects(state, made: list[tuple[str, str]]) -> None:
+    """Delete what create_objects made (the DaskCluster's deletion would cascade to
+    them through the operator; deleting them first does not depend on it)."""
+    from dask_kubernetes.operator._objects import DaskAutoscaler, DaskWorkerGroup
+    import kr8s
+    classes = {"DaskWorkerGroup": DaskWorkerGroup, "DaskAutoscaler": DaskAutoscaler}
+    for kind, name in reversed(made):
+        with contextlib.suppress(kr8s.NotFoundError):
+            obj = await classes[kind](name, namespace=state["namespace"], api=state["api"])
+            await obj.delete()
+
+
 async def fetch_pod_logs(opts, namespace, name, logs_dir) -> list[str]:
     from kr8s.asyncio.objects import Pod
     api = await _api(opts)

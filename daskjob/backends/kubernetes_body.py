@@ -1,10 +1,12 @@
-"""The DaskCluster resource the `kubernetes` backend asks for, built and checked by pure
-functions (tested without a cluster, against the CRD schemas shipped in dask-kubernetes):
-its name, labels and annotations, the scheduler and worker commands, the run's
-environment and dask config, requests and limits."""
+"""The resources the `kubernetes` backend asks for (a DaskCluster, a DaskWorkerGroup per
+extra worker group, a DaskAutoscaler when the default group adapts), built and checked by
+pure functions (tested without a cluster, against the CRD schemas shipped in
+dask-kubernetes): names, labels and annotations, the scheduler and worker commands, the
+run's environment and dask config, requests and limits."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .common import inherited_config_env
 
 if TYPE_CHECKING:
+    from ..groups import Adapt, GroupPlan
     from ..spec import ClusterSpec
     from .base import ClusterContext
 
@@ -137,6 +140,63 @@ def build_cluster_body(spec: "ClusterSpec", ctx: "ClusterContext") -> dict[str, 
     return body
 
 
+def build_group_body(cluster_body: dict[str, Any], plan: "GroupPlan") -> dict[str, Any]:
+    """A DaskWorkerGroup beside the DaskCluster's default one: its workers are the
+    default worker with the group's threads, memory, Dask resources, environment and
+    pod resources (options.resources, e.g. limits: {nvidia.com/gpu: 1})."""
+    name = cluster_body["metadata"]["name"]
+    worker = copy.deepcopy(cluster_body["spec"]["worker"])
+    container = worker["spec"]["containers"][0]
+    args = [a for a in container["args"]]
+    args = _set_arg(args, "--nthreads", str(plan.threads_per_worker))
+    if plan.memory_bytes:
+        args = _set_arg(args, "--memory-limit", str(plan.memory_bytes))
+    if plan.resources:
+        args += ["--resources", " ".join(f"{k}={v:g}" for k, v in plan.resources.items())]
+    container["args"] = args
+    env = {e["name"]: e for e in container.get("env") or []}
+    env.update({k: {"name": k, "value": v} for k, v in plan.env.items()})
+    container["env"] = list(env.values())
+    requests = {**(container.get("resources") or {}).get("requests", {}),
+                "cpu": str(plan.threads_per_worker)}
+    limits = dict((container.get("resources") or {}).get("limits") or {})
+    if plan.memory_bytes:
+        requests["memory"] = limits["memory"] = quantity_bytes(plan.memory_bytes)
+    extra = plan.options.get("resources") or {}
+    requests.update({k: str(v) for k, v in (extra.get("requests") or {}).items()})
+    limits.update({k: str(v) for k, v in (extra.get("limits") or {}).items()})
+    container["resources"] = {"requests": requests, **({"limits": limits} if limits else {})}
+    if plan.options.get("node_selector"):
+        worker["spec"]["nodeSelector"] = {str(k): str(v)
+                                          for k, v in plan.options["node_selector"].items()}
+    worker["replicas"] = int(plan.n_workers or 0)
+    return {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskWorkerGroup",
+            "metadata": {"name": f"{name}-{plan.name}",
+                         "labels": {**cluster_body["metadata"]["labels"],
+                                    "dask.org/cluster-name": name,
+                                    "daskjob/group": plan.name}},
+            "spec": {"cluster": name, "worker": worker}}
+
+
+def build_autoscaler_body(cluster_body: dict[str, Any], adapt: "Adapt") -> dict[str, Any]:
+    """The operator's DaskAutoscaler: it sizes the default worker group on the
+    scheduler's adaptive target, between minimum and maximum."""
+    name = cluster_body["metadata"]["name"]
+    return {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler",
+            "metadata": {"name": name,
+                         "labels": {**cluster_body["metadata"]["labels"],
+                                    "dask.org/cluster-name": name,
+                                    "dask.org/component": "autoscaler"}},
+            "spec": {"cluster": name, "minimum": adapt.minimum, "maximum": adapt.maximum}}
+
+
+def _set_arg(args: list[str], flag: str, value: str) -> list[str]:
+    if flag in args:
+        i = args.index(flag)
+        return [*args[:i + 1], value, *args[i + 2:]]
+    return [*args, flag, value]
+
+
 def _resources(spec: "ClusterSpec", opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
     requests: dict[str, Any] = {"cpu": str(spec.threads_per_worker)}
     limits: dict[str, Any] = {}
@@ -183,9 +243,10 @@ def validate_cluster_body(body: dict[str, Any], kind: str = "daskcluster") -> No
     meta = body.get("metadata") or {}
     check_labels(meta.get("labels") or {})
     name = meta.get("name") or ""
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > MAX_NAME:
-        raise ValueError(f"metadata.name: {name!r} is not a valid DaskCluster name "
-                         f"(lowercase DNS-1123 label of at most {MAX_NAME} characters)")
+    longest = MAX_NAME if kind == "daskcluster" else 63
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > longest:
+        raise ValueError(f"metadata.name: {name!r} is not a valid {body.get('kind', 'DaskCluster')} name "
+                         f"(lowercase DNS-1123 label of at most {longest} characters)")
     spec = _strip_none(body)
     for part in ("scheduler", "worker"):
         containers = (((spec.get("spec") or {}).get(part) or {}).get("spec") or {}).get("containers") or []

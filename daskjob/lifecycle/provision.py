@@ -89,8 +89,9 @@ def wait_for_workers(client: Client, n: int, deadline: float, check: Callable[[]
                      startup_timeout: Any, note: Callable[[], str | None],
                      log_tail: Callable[[], list[str]]) -> None:
     """Until n workers are up; `check` raises when waiting is pointless (cancel, a
-    verdict on the workers). At the deadline: StartupFailed with what is known."""
-    while True:
+    verdict on the workers). At the deadline: StartupFailed with what is known. With
+    n == 0 (groups that adapt from a minimum of 0) there is nothing to wait for."""
+    while n > 0:
         check()
         left = deadline - time.monotonic()
         if left <= 0:
