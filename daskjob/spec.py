@@ -22,7 +22,7 @@ from .dask_logs import dask_log_level
 from .durations import nbytes, seconds
 from .errors import SpecError
 from .fields import ENV_NAME, no_bool, string_mapping
-from .groups import DEFAULT, Adapt, GroupPlan, WorkerGroup, check_group_name
+from .groups import DEFAULT, Adapt, GroupPlan, WorkerGroup, check_group_name, check_resources
 from .payload import check_payload, describe_payload
 from .record import redact
 
@@ -98,6 +98,8 @@ class ClusterSpec(_Strict):
     preload: list[str] = Field(default_factory=list)
     # instead of n_workers: the default group follows the load between minimum and maximum
     adapt: Adapt | None = None
+    # Dask worker resources of the default group's workers ({"GPU": 1})
+    resources: dict[str, float] = Field(default_factory=dict)
     # extra groups beside the default one, each with its own size, resources and env
     worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)
     # TLS between client, scheduler and workers with temporary credentials made per run;
@@ -141,6 +143,11 @@ class ClusterSpec(_Strict):
             raise ValueError(f"unknown backend {v!r}; available: {', '.join(sorted(names))}")
         return v
 
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources(cls, v):
+        return check_resources(v)
+
     @field_validator("worker_groups", mode="before")
     @classmethod
     def _group_names(cls, v):
@@ -171,7 +178,7 @@ class ClusterSpec(_Strict):
     def group_plans(self) -> list[GroupPlan]:
         """The default group first, then the extra ones, with every size resolved."""
         default = GroupPlan(DEFAULT, None if self.adapt else self.n_workers, self.adapt,
-                            self.threads_per_worker, self.memory_bytes)
+                            self.threads_per_worker, self.memory_bytes, dict(self.resources))
         extra = [GroupPlan(name, None if g.adapt else (1 if g.n_workers is None else g.n_workers),
                            g.adapt, g.threads_per_worker or self.threads_per_worker,
                            nbytes(g.memory_per_worker, field="memory_per_worker")

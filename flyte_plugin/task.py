@@ -42,6 +42,7 @@ from . import deck as deck_page
 from .errors import as_task_error
 from .execution import (WORKER_DROP_ENV, execution_labels, in_flyte_context, log, log_event,
                         logs_to_flytekit, sigterm_cancels)
+from .flytekit_dask import cluster_from_flytekit_dask, is_flytekit_dask_config
 
 # JobSpec fields a task config sets; name, payload, params and labels come per execution
 _SETTINGS = ("cluster", "timeout", "startup_timeout", "record_dir", "labels", "version_check",
@@ -193,11 +194,17 @@ def dask_task(_task_function: Callable | None = None, *, cluster: Any = None,
     limit, enforced by daskjob everywhere the task runs); every other keyword goes to
     `flytekit.task` (cache, cache_version, retries, requests, limits, container_image,
     enable_deck, ...). flytekit's own `timeout` (enforced by a Flyte backend only) is
-    `flyte_timeout` here.
+    `flyte_timeout` here. A task written for flytekitplugins-dask keeps its
+    `task_config=Dask(...)`: its workers' count, cpu, memory and GPU become the cluster's
+    (flyte_plugin/flytekit_dask.py).
     """
     if "task_config" in task_kwargs:
-        raise TypeError("@dask_task makes its own task_config; pass the daskjob settings "
-                        "(cluster=, timeout=, ...) instead")
+        given = task_kwargs.pop("task_config")
+        if not is_flytekit_dask_config(given):
+            raise TypeError("@dask_task makes its own task_config; pass the daskjob settings "
+                            "(cluster=, timeout=, ...) instead (a flytekitplugins-dask "
+                            "Dask(...) config is also taken)")
+        cluster = cluster_from_flytekit_dask(given, _as_dict(cluster))
     config = DaskJob(cluster=cluster, timeout=timeout, startup_timeout=startup_timeout,
                      record_dir=record_dir, labels=dict(labels or {}),
                      version_check=version_check, performance_report=performance_report,
@@ -206,3 +213,11 @@ def dask_task(_task_function: Callable | None = None, *, cluster: Any = None,
         task_kwargs["timeout"] = flyte_timeout
     task_kwargs.setdefault("deck_fields", DEFAULT_DECK_FIELDS)
     return flytekit.task(_task_function, task_config=config, **task_kwargs)
+
+
+def _as_dict(cluster: Any) -> dict[str, Any]:
+    if cluster is None:
+        return {}
+    if hasattr(cluster, "model_dump"):  # a ClusterSpec: only what was set
+        return cluster.model_dump(exclude_unset=True)
+    return dict(cluster)

@@ -210,6 +210,52 @@ def test_a_task_that_asks_for_the_client_by_name(tmp_path):
     assert "client" not in rec["spec"]["params"]
 
 
+def test_a_flytekitplugins_dask_task_runs_by_changing_its_decorator(tmp_path):
+    """A task written for flytekitplugins-dask (`@task(task_config=Dask(...))`) with the
+    decorator changed to `@dask_task`: its worker group's count, cpu, memory and GPU
+    limit become the ephemeral cluster's, in local execution through `pyflyte run`."""
+    pytest.importorskip("flytekitplugins.dask")
+    (tmp_path / "wf.py").write_text(textwrap.dedent("""
+        import dask
+        from distributed import get_client, get_worker
+        from flytekit import Resources, workflow
+        from flytekitplugins.dask import Dask, Scheduler, WorkerGroup
+        from flyte_plugin import dask_task
+
+        def where(i):
+            w = get_worker()
+            return [str(w.name), w.state.nthreads, w.memory_manager.memory_limit,
+                    w.state.total_resources.get("GPU", 0)]
+
+        @dask_task(task_config=Dask(
+            scheduler=Scheduler(limits=Resources(cpu="1", mem="1Gi")),
+            workers=WorkerGroup(number_of_workers=2,
+                                limits=Resources(cpu="2", mem="1Gi", gpu="1"))),
+            record_dir="runs", performance_report=False)
+        def on_gpu_workers(n: int = 6) -> str:
+            client = get_client()
+            with dask.annotate(resources={"GPU": 1}):
+                seen = client.gather(client.map(where, range(n), pure=False))
+            return repr(sorted(map(tuple, seen)))
+
+        @workflow
+        def wf(n: int = 6) -> str:
+            return on_gpu_workers(n=n)
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
+                           "wf.py", "wf", "--n", "6"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    seen = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own repr
+    assert len(seen) == 6
+    assert {(threads, memory, gpu) for _, threads, memory, gpu in seen} == {(2, 2**30, 1)}
+    rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
+    cluster = rec["spec"]["cluster"]
+    assert (cluster["n_workers"], cluster["threads_per_worker"]) == (2, 2)
+    assert cluster["resources"] == {"GPU": 1.0} and rec["workers"]["started"] == 2
+
+
 # ----------------------------------------------------------------------- the task
 def test_typed_io_and_the_ephemeral_cluster_as_default_client(flyte_dirs, tmp_path):
     from flyte_tasks import scale_frame

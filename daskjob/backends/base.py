@@ -118,6 +118,9 @@ class Backend:
         if spec.adapt is not None and not self.can_adapt:
             raise ValueError(f"adapt: the {self.name!r} backend cannot scale adaptively{why}; "
                              "give n_workers instead")
+        if spec.resources and not self.can_group:
+            raise ValueError(f"resources: the {self.name!r} backend does not give its workers "
+                             f"Dask resources{why}")
         if spec.worker_groups and not self.can_group:
             raise ValueError(f"worker_groups: the {self.name!r} backend has one group of "
                              f"workers only{why}")

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 # keys of `options` that ClusterSpec fields control, with the fields to use instead
-CLUSTER_FIELDS = "n_workers, threads_per_worker, memory_per_worker, env, dashboard, tls, preload"
+CLUSTER_FIELDS = ("n_workers, threads_per_worker, memory_per_worker, env, dashboard, tls, preload, "
+                  "resources, adapt, worker_groups")
 
 _EXPECTED = {
     "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",

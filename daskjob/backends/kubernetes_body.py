@@ -128,6 +128,8 @@ def build_cluster_body(spec: "ClusterSpec", ctx: "ClusterContext") -> dict[str, 
         worker_args += ["--memory-limit", str(spec.memory_bytes)]
     for p in spec.preload:
         worker_args += ["--preload", p]
+    if spec.resources:
+        worker_args += ["--resources", _resource_arg(spec.resources)]
     worker["args"] = worker_args
     for container in (scheduler, worker):
         if opts.get("image_pull_policy"):
@@ -152,7 +154,7 @@ def build_group_body(cluster_body: dict[str, Any], plan: "GroupPlan") -> dict[st
     if plan.memory_bytes:
         args = _set_arg(args, "--memory-limit", str(plan.memory_bytes))
     if plan.resources:
-        args += ["--resources", " ".join(f"{k}={v:g}" for k, v in plan.resources.items())]
+        args = _set_arg(args, "--resources", _resource_arg(plan.resources))
     container["args"] = args
     env = {e["name"]: e for e in container.get("env") or []}
     env.update({k: {"name": k, "value": v} for k, v in plan.env.items()})
@@ -188,6 +190,10 @@ def build_autoscaler_body(cluster_body: dict[str, Any], adapt: "Adapt") -> dict[
                                     "dask.org/cluster-name": name,
                                     "dask.org/component": "autoscaler"}},
             "spec": {"cluster": name, "minimum": adapt.minimum, "maximum": adapt.maximum}}
+
+
+def _resource_arg(resources: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in resources.items())
 
 
 def _set_arg(args: list[str], flag: str, value: str) -> list[str]:

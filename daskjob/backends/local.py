@@ -179,7 +179,7 @@ class LocalOptions(BackendOptions):
     reserved: ClassVar[frozenset[str]] = frozenset({
         "n_workers", "threads_per_worker", "memory_limit", "processes", "host",
         "scheduler_port", "dashboard_address", "env", "worker_class", "death_timeout",
-        "preload", "asynchronous", "silence_logs", "security", "protocol",
+        "preload", "asynchronous", "silence_logs", "security", "protocol", "resources",
     })
 
     config: dict[str, Any] | None = None
@@ -245,6 +245,7 @@ class LocalBackend(Backend):
             config=worker_config,
             # loopback only, so plain TCP unless asked: then a key pair made for this run
             security=Security.temporary() if self.uses_tls(spec) else None,
+            **({"resources": dict(spec.resources)} if spec.resources else {}),
             **options,
         )
         plans = spec.group_plans()

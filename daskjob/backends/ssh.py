@@ -61,7 +61,7 @@ class SSHOptions(BackendOptions):
     reserved: ClassVar[frozenset[str]] = frozenset({
         "n_workers", "threads_per_worker", "nthreads", "memory_limit", "env",
         "death_timeout", "preload", "dashboard_address", "security", "protocol",
-        "worker_class"})
+        "worker_class", "resources"})
 
     # the first runs the scheduler, the others the workers (round robin); one runs both
     hosts: list[str]
@@ -227,6 +227,7 @@ class SSHBackend(Backend):
             "memory_limit": spec.memory_bytes if spec.memory_bytes else "auto",
             "death_timeout": death_timeout,
             **({"preload": list(spec.preload)} if spec.preload else {}),
+            **({"resources": dict(spec.resources)} if spec.resources else {}),
             **opts.worker_options}
         # the scheduler starts inside create(): give up a little before the run does
         scheduler_timeout = START_TIMEOUT
