@@ -519,7 +519,7 @@ def test_worker_groups_and_autoscaler_come_and_go_with_the_cluster(tmp_path, rec
         assert {(w, env, res["GPU"]) for w, env, res in result.value} == \
             {(f"{name}-gpu-worker-0", "0", 1)}
         assert result.record["groups"]["gpu"]["started"] == 1
-        wgs = f"/apis/kubernetes.dask.org/v1/namespaces/default/daskworkergroups"
+        wgs = "/apis/kubernetes.dask.org/v1/namespaces/default/daskworkergroups"
         calls = emu.requests()
         assert any(m == "POST" and p == wgs and b["metadata"]["name"] == f"{name}-gpu"
                    for m, p, b in calls)
