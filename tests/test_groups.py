@@ -140,3 +140,55 @@ def test_malformed_groups_and_adapt_are_refused_before_anything_starts(cluster, 
     with pytest.raises(SpecError):  # also as part of a job, from YAML-shaped data
         JobSpec.parse({"name": "bad", "payload": "jobs:add_up", "cluster": cluster})
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_cancel_while_a_scale_up_is_in_flight_leaves_nothing(records):
+    """Workers that adapt asked for, some still starting, are torn down with the run."""
+    import threading
+
+    from daskjob import JobCancelled, JobRun
+
+    scaled = threading.Event()
+
+    def on_event(record):
+        if record["topic"] == "daskjob.lifecycle" and record["data"].get("event") == "scaled up" \
+                and record["data"]["to"] > 1:
+            scaled.set()
+
+    cluster = ClusterSpec(adapt={"minimum": 1, "maximum": 4, "interval": "200ms"},
+                          threads_per_worker=1, memory_per_worker="1GiB")
+    run = JobRun(job(records, "group_jobs:queue_then_idle", cluster,
+                     params={"n": 60, "seconds": 2.0, "idle": 0}), on_event=on_event)
+    threading.Thread(target=lambda: scaled.wait(90) and run.cancel("test: mid scale-up"),
+                     daemon=True).start()
+    with pytest.raises(JobCancelled):
+        run.run()
+    assert scaled.is_set()
+    _, rec, events = read_run(records)
+    assert rec["status"] == "cancelled" and rec["teardown"]["cluster"] == "closed"
+    # the leak check (no_leaks) then finds no worker process, started or starting
+
+
+def test_the_same_keys_from_an_airflow_connection_and_in_the_run_summaries():
+    pytest.importorskip("airflow")
+    from airflow_provider.hooks.dask import cluster_spec_from_connection
+
+    from daskjob.frontend import group_summary, summary_line
+
+    spec = cluster_spec_from_connection(None, None, '{"adapt": {"minimum": 1, "maximum": 8}, '
+                                        '"worker_groups": {"gpu": {"n_workers": 1, '
+                                        '"resources": {"GPU": 1}}}}', None, conn_id="dask_gpu")
+    assert spec.adapt.maximum == 8 and spec.worker_groups["gpu"].resources == {"GPU": 1}
+    with pytest.raises(SpecError, match=r"(?s)connection 'dask_gpu'.*minimum \(9\)"):
+        cluster_spec_from_connection(None, None, '{"adapt": {"minimum": 9, "maximum": 8}}',
+                                     None, conn_id="dask_gpu")
+    record = {"run_id": "r", "status": "succeeded", "duration_s": 3.0,
+              "groups": {"default": {"expected": 1, "started": 3, "peak": 3,
+                                     "timeline": [[0.0, 1], [1.0, 3], [2.0, 3]],
+                                     "worker_seconds": 7.0, "core_seconds": 7.0,
+                                     "gib_seconds": 7.0}},
+              "resource_time": {"worker_seconds": 7.0, "core_seconds": 7.0, "gib_seconds": 7.0}}
+    line = summary_line(record)
+    assert "7.0 worker-s, 7.0 core-s, 7.0 GiB-s" in line and "default: peak 3" in line
+    assert "timeline" not in group_summary(record)["default"]
+    assert "used: not recorded" in summary_line({"run_id": "old", "status": "succeeded"})
