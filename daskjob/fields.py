@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -27,3 +29,11 @@ def no_bool(v: Any) -> Any:
     if isinstance(v, bool):
         raise ValueError(f"expected a number or a string, got {v!r}")
     return v
+
+
+def env_mapping(v: Any) -> dict[str, str]:
+    return string_mapping(v, ENV_NAME, "NAME", "is not a valid environment variable name")
+
+
+# environment variables for worker processes, checked as they are given
+EnvVars = Annotated[dict[str, str], BeforeValidator(env_mapping)]

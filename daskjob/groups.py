@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .durations import nbytes, seconds
-from .fields import ENV_NAME, string_mapping
+from .fields import EnvVars
 
 DEFAULT = "default"
 _GROUP_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?")
@@ -95,6 +95,10 @@ def check_resources(v: Any) -> dict[str, float]:
     return out
 
 
+# Dask worker resources, checked as they are given
+Resources = Annotated[dict[str, float], BeforeValidator(check_resources)]
+
+
 class WorkerGroup(BaseModel):
     """An extra group of workers. Unset sizes (threads, memory) are the cluster's."""
 
@@ -104,8 +108,8 @@ class WorkerGroup(BaseModel):
     adapt: Adapt | None = None
     threads_per_worker: int | None = None
     memory_per_worker: str | int | None = None
-    resources: dict[str, float] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     # backend-specific: a Slurm partition, a pod's GPU limit, the hosts of an ssh group
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -128,16 +132,6 @@ class WorkerGroup(BaseModel):
         if v is not None:
             nbytes(v, field="memory_per_worker")
         return v
-
-    @field_validator("resources", mode="before")
-    @classmethod
-    def _resources(cls, v):
-        return check_resources(v)
-
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env(cls, v):
-        return string_mapping(v, ENV_NAME, "NAME", "is not a valid environment variable name")
 
     @model_validator(mode="after")
     def _one_size(self):

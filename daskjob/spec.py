@@ -21,8 +21,8 @@ from .config import worker_dask_config
 from .dask_logs import dask_log_level
 from .durations import nbytes, seconds
 from .errors import SpecError
-from .fields import ENV_NAME, no_bool, string_mapping
-from .groups import DEFAULT, Adapt, GroupPlan, WorkerGroup, check_group_name, check_resources
+from .fields import EnvVars, no_bool, string_mapping
+from .groups import DEFAULT, Adapt, GroupPlan, Resources, WorkerGroup, check_group_name
 from .payload import check_payload, describe_payload
 from .record import redact
 
@@ -89,7 +89,7 @@ class ClusterSpec(_Strict):
     threads_per_worker: int = Field(default_factory=lambda: _default("cluster.threads-per-worker"))
     memory_per_worker: str | int | None = Field(
         default_factory=lambda: _default("cluster.memory-per-worker"))
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     drop_env: list[str] = Field(default_factory=lambda: list(_default("cluster.drop-env")))
     address: str | None = None
     dashboard: bool = Field(default_factory=lambda: _default("cluster.dashboard"))
@@ -99,7 +99,7 @@ class ClusterSpec(_Strict):
     # instead of n_workers: the default group follows the load between minimum and maximum
     adapt: Adapt | None = None
     # Dask worker resources of the default group's workers ({"GPU": 1})
-    resources: dict[str, float] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
     # extra groups beside the default one, each with its own size, resources and env
     worker_groups: dict[str, WorkerGroup] = Field(default_factory=dict)
     # TLS between client, scheduler and workers with temporary credentials made per run;
@@ -130,11 +130,6 @@ class ClusterSpec(_Strict):
         check(v, field=info.field_name)
         return v
 
-    @field_validator("env", mode="before")
-    @classmethod
-    def _env(cls, v):
-        return string_mapping(v, ENV_NAME, "NAME", "is not a valid environment variable name")
-
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
@@ -142,11 +137,6 @@ class ClusterSpec(_Strict):
         if v not in names:
             raise ValueError(f"unknown backend {v!r}; available: {', '.join(sorted(names))}")
         return v
-
-    @field_validator("resources", mode="before")
-    @classmethod
-    def _resources(cls, v):
-        return check_resources(v)
 
     @field_validator("worker_groups", mode="before")
     @classmethod

@@ -124,6 +124,14 @@ BAD = [
     (dict(worker_groups={"gpu": {"env": {"1X": "a"}}}), "not a valid environment variable"),
     (dict(backend="ssh", adapt={"maximum": 2}, options={"hosts": ["localhost"]}),
      "'ssh' backend cannot scale adaptively"),
+    (dict(backend="jobqueue", worker_groups={"gpu": {"resources": {"GPU": 1}}}),
+     "'jobqueue' backend has one group of workers only"),
+    (dict(backend="jobqueue", resources={"GPU": 1}),
+     "'jobqueue' backend does not give its workers Dask resources"),
+    (dict(backend="gateway", options={"address": "http://127.0.0.1:1"},
+          worker_groups={"gpu": {}}), "'gateway' backend has one group of workers only"),
+    (dict(backend="kubernetes", options={"image": "i"},
+          worker_groups={"gpu": {"adapt": {"maximum": 2}}}), "DaskAutoscaler sizes the default"),
     (dict(backend="address", address="tcp://127.0.0.1:8786", worker_groups={"gpu": {}}),
      "'address' backend has one group of workers only"),
     (dict(backend="address", address="tcp://127.0.0.1:8786", adapt={"maximum": 2}),
@@ -192,3 +200,6 @@ def test_the_same_keys_from_an_airflow_connection_and_in_the_run_summaries():
     assert "7.0 worker-s, 7.0 core-s, 7.0 GiB-s" in line and "default: peak 3" in line
     assert "timeline" not in group_summary(record)["default"]
     assert "used: not recorded" in summary_line({"run_id": "old", "status": "succeeded"})
+    pytest.importorskip("flytekit")
+    from flyte_plugin.deck import summary_html
+    assert "resources used" in summary_html(record) and "7.0 GiB-s" in summary_html(record)

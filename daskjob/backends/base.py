@@ -92,6 +92,8 @@ class Backend:
     can_group: ClassVar[bool] = False
     # why not, when it cannot (said in the refusal)
     why_not: ClassVar[str] = ""
+    # the keys a worker group's `options` may have on this backend
+    group_options: ClassVar[frozenset[str]] = frozenset()
 
     def uses_tls(self, spec: "ClusterSpec") -> bool:
         return self.tls_by_default if spec.tls is None else spec.tls
@@ -131,10 +133,17 @@ class Backend:
             self.check_group_options(name, group.options)
 
     def check_group_options(self, group: str, options: dict[str, Any]) -> None:
-        """A group's backend-specific options (ValueError naming the key when wrong)."""
-        if options:
+        """A group's backend-specific options (ValueError naming the key when wrong):
+        only `group_options` are taken; subclasses check their values."""
+        unknown = sorted(set(options) - self.group_options)
+        if not unknown:
+            return
+        if not self.group_options:
             raise ValueError(f"worker_groups.{group}.options: the {self.name!r} backend takes "
-                             f"no options per group (got {', '.join(sorted(options))})")
+                             f"no options per group (got {', '.join(unknown)})")
+        raise ValueError(f"worker_groups.{group}.options: {', '.join(unknown)} not accepted "
+                         f"(groups on the {self.name!r} backend take "
+                         f"{' and '.join(sorted(self.group_options))})")
 
     def create(self, spec: "ClusterSpec", ctx: ClusterContext) -> ClusterHandle:
         """Start the scheduler (workers come with `scale`)."""

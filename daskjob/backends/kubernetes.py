@@ -121,6 +121,7 @@ class KubernetesBackend(Backend):
     can_adapt = True
     can_group = True
     why_not = "the operator's DaskAutoscaler sizes the default worker group only"
+    group_options = frozenset({"resources", "node_selector"})
     Options = KubernetesOptions
     shares_filesystem = False
     # the operator's pods speak plain TCP to each other; see the module docstring
@@ -141,10 +142,7 @@ class KubernetesBackend(Backend):
                                  "group n_workers")
 
     def check_group_options(self, group: str, options: dict[str, Any]) -> None:
-        unknown = sorted(set(options) - {"resources", "node_selector"})
-        if unknown:
-            raise ValueError(f"worker_groups.{group}.options: {', '.join(unknown)} not "
-                             "accepted (a kubernetes group takes resources and node_selector)")
+        super().check_group_options(group, options)
         try:
             Resources.model_validate(options.get("resources") or {})
         except ValidationError as e:

@@ -29,7 +29,12 @@ class GroupedLocalCluster(LocalCluster):
         return {n for n in names if group_of(n, set(self.extra_groups)) == group}
 
     def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> None:
-        """The default group's size (what `Cluster.adapt` and a fixed n_workers use)."""
+        """The default group's size (what `Cluster.adapt` and a fixed n_workers use).
+        While the cluster closes (SpecCluster's close scales to 0), every group goes."""
+        if self.status == Status.closing:
+            for group in [DEFAULT, *self.extra_groups]:
+                self.scale_group(group, 0)
+            return
         self.scale_group(DEFAULT, n)
 
     def scale_group(self, group: str, n: int) -> None:

@@ -138,6 +138,7 @@ class SSHBackend(Backend):
     name = "ssh"
     why_not = "its workers are placed on the hosts in options.hosts"
     can_group = True   # fixed-size groups, each on hosts of its own (options.hosts)
+    group_options = frozenset({"hosts", "worker_options"})
     Options = SSHOptions
     secret_names = frozenset({"password", "passphrase", "client_key"})
     tls_by_default = True
@@ -185,10 +186,7 @@ class SSHBackend(Backend):
                                  "not in the cluster's options.hosts (list every host there)")
 
     def check_group_options(self, group: str, options: dict[str, Any]) -> None:
-        unknown = sorted(set(options) - {"hosts", "worker_options"})
-        if unknown:
-            raise ValueError(f"worker_groups.{group}.options: {', '.join(unknown)} not "
-                             "accepted (an ssh group takes hosts and worker_options)")
+        super().check_group_options(group, options)
         hosts = options.get("hosts")
         if hosts is not None and (not isinstance(hosts, list) or not hosts
                                   or not all(isinstance(h, str) and h.strip() for h in hosts)):
