@@ -292,7 +292,7 @@ def test_adapt_is_the_gateways_own_and_grows_under_load(gw, gwc, records):
     section = {**cluster_section(gw), "adapt": {"minimum": 1, "maximum": 3}}
     del section["n_workers"]
     result = run_job(job(records, "group_jobs:queue_then_idle", gw, cluster=section,
-                         params={"n": 30, "seconds": 1.0, "idle": 1}, timeout="300s"))
+                         params={"n": 20, "seconds": 1.0, "idle": 1}, timeout="300s"))
     rec = result.record
     assert rec["groups"]["default"]["expected"] == 1
     assert rec["groups"]["default"]["peak"] >= 2, rec["groups"]

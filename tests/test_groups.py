@@ -32,7 +32,7 @@ def test_adaptive_default_group_grows_under_load_and_shrinks_after(records):
     cluster = ClusterSpec(adapt={"minimum": 1, "maximum": 4, "interval": "500ms"},
                           threads_per_worker=1, memory_per_worker="1GiB")
     result = run_job(job(records, "group_jobs:queue_then_idle", cluster,
-                         params={"n": 40, "seconds": 1.0, "idle": 12}))
+                         params={"n": 24, "seconds": 1.0, "idle": 6}))
     _, rec, events = read_run(records)
     default = rec["groups"]["default"]
     assert default["expected"] == 1
@@ -70,7 +70,7 @@ def test_an_adaptive_group_scales_on_the_work_that_needs_its_resources(records):
                                                            "interval": "500ms"},
                                                  "resources": {"GPU": 1}}})
     result = run_job(job(records, "group_jobs:gpu_burst", cluster,
-                         params={"n": 12, "seconds": 1.0}))
+                         params={"n": 8, "seconds": 1.0}))
     assert set(result.value) <= {"gpu-0", "gpu-1"} and result.value
     _, rec, events = read_run(records)
     gpu = rec["groups"]["gpu"]

@@ -332,7 +332,7 @@ def test_adapt_submits_more_worker_jobs_under_load_and_none_are_left(tmp_path, r
     """`adapt` on Slurm: Dask's Adaptive asks for worker jobs while tasks queue and
     cancels them when idle; whatever it submitted is gone after the run."""
     spec = JobSpec(name="slurm-adapt", payload="group_jobs:queue_then_idle",
-                   params={"n": 30, "seconds": 1.0, "idle": 2}, record_dir=str(records),
+                   params={"n": 20, "seconds": 1.0, "idle": 1}, record_dir=str(records),
                    performance_report=False, startup_timeout="90s", timeout="300s",
                    cluster=cluster(n_workers=None, adapt={"minimum": 1, "maximum": 3,
                                                           "interval": "500ms"}))
