@@ -181,6 +181,16 @@ def test_pyflyte_run_from_the_repo_root(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def pyflyte_run(folder, *args: str) -> str:
+    """`pyflyte run ARGS` in `folder`, as a user runs it; its output's last line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
+                           *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def test_a_task_that_asks_for_the_client_by_name(tmp_path):
     """As with run_job: a `client` parameter gets the run's client and is no task input
     (flytekit would refuse it: it has no type)."""
@@ -199,12 +209,7 @@ def test_a_task_that_asks_for_the_client_by_name(tmp_path):
         def squares(n: int = 3) -> int:
             return total(n=n)
     """))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
-                           "wf.py", "squares", "--n", "4"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert proc.stdout.strip().splitlines()[-1] == "14"
+    assert pyflyte_run(tmp_path, "wf.py", "squares", "--n", "4") == "14"
     rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
     assert rec["status"] == "succeeded" and rec["payload"] == "wf:total"
     assert "client" not in rec["spec"]["params"]
@@ -242,12 +247,7 @@ def test_a_flytekitplugins_dask_task_runs_by_changing_its_decorator(tmp_path):
         def wf(n: int = 6) -> str:
             return on_gpu_workers(n=n)
     """))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASKJOB")}
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "pyflyte"), "run",
-                           "wf.py", "wf", "--n", "6"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    seen = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own repr
+    seen = eval(pyflyte_run(tmp_path, "wf.py", "wf", "--n", "6"))  # noqa: S307 - our own repr
     assert len(seen) == 6
     assert {(threads, memory, gpu) for _, threads, memory, gpu in seen} == {(2, 2**30, 1)}
     rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
