@@ -183,3 +183,9 @@ def group_of(worker_name: Any, groups: set[str]) -> str:
         if f"-{group}-worker-" in text:
             return group
     return DEFAULT
+
+
+def worker_index(name: Any) -> int:
+    """The number at the end of a worker's name (`gpu-3` -> 3; 0 when there is none)."""
+    tail = str(name).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

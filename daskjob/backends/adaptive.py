@@ -16,15 +16,10 @@ from typing import Any, Callable
 
 from distributed.deploy.adaptive import Adaptive
 
-from ..groups import DEFAULT, GroupPlan
+from ..groups import DEFAULT, GroupPlan, worker_index
 
 # tells the run a group's size changed: (group, from, to)
 OnScale = Callable[[str, int, int], Any]
-
-
-def _index(name: Any) -> int:
-    tail = str(name).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 class GroupAdaptive(Adaptive):
@@ -74,7 +69,7 @@ class GroupAdaptive(Adaptive):
     async def workers_to_close(self, target: int) -> list:
         others = len(self.cluster.observed) - len(self.observed)
         names = await self.scheduler.workers_to_close(target=target + others, attribute="name")
-        return sorted(self._mine(names), key=_index)
+        return sorted(self._mine(names), key=worker_index)
 
     async def scale_up(self, n: int) -> None:
         before = len(self.plan)

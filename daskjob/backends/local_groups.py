@@ -13,7 +13,7 @@ from typing import Any
 from distributed import LocalCluster
 from distributed.core import Status
 
-from ..groups import DEFAULT, group_of
+from ..groups import DEFAULT, group_of, worker_index
 
 
 class GroupedLocalCluster(LocalCluster):
@@ -38,12 +38,12 @@ class GroupedLocalCluster(LocalCluster):
         self.scale_group(DEFAULT, n)
 
     def scale_group(self, group: str, n: int) -> None:
-        members = sorted(self.group_names(group, self.worker_spec), key=index)
+        members = sorted(self.group_names(group, self.worker_spec), key=worker_index)
         if len(members) > n:
             launched = {v["name"] for v in self.scheduler_info["workers"].values()}
             # workers not yet started go first, then the newest
-            doomed = sorted(members, key=lambda k: (k in launched, index(k)))[:len(members) - n]
-            for name in doomed:
+            doomed = sorted(members, key=lambda k: (k in launched, -worker_index(k)))
+            for name in doomed[:len(members) - n]:
                 del self.worker_spec[name]
         elif self.status not in (Status.closing, Status.closed):
             for _ in range(n - len(members)):
@@ -57,8 +57,3 @@ class GroupedLocalCluster(LocalCluster):
         while f"{group}-{i}" in self.worker_spec:
             i += 1
         return {f"{group}-{i}": self.extra_groups[group]}
-
-
-def index(name: Any) -> int:
-    tail = str(name).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0

@@ -22,7 +22,7 @@ GIB = 2 ** 30
 class _Group:
     expected: int = 0
     timeline: list[tuple[float, int]] = field(default_factory=list)   # (time, workers)
-    # (time, cores, GiB) live at each point of the timeline: workers of one group may differ
+    # the live workers' (threads, GiB): workers of one group may differ in size
     sizes: dict[str, tuple[int, float]] = field(default_factory=dict)  # address -> size
     peak: int = 0
     started: int = 0
