@@ -23,7 +23,7 @@ OnScale = Callable[[str, int, int], Any]
 
 
 class GroupAdaptive(Adaptive):
-    """distributed's Adaptive for one group of a GroupedLocalCluster."""
+    """distributed's Adaptive for one worker group (see the module docstring)."""
 
     def __init__(self, cluster: Any, plan: GroupPlan, on_scale: OnScale,
                  **kwargs: Any) -> None:
