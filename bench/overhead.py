@@ -1,10 +1,17 @@
-"""Lifecycle overhead: run_job with a no-op payload vs. a raw LocalCluster + Client + close.
+"""Cluster start and run overhead: run_job with a no-op payload, with the settings a user
+gets by default, against a raw LocalCluster + Client + close with the same settings.
 
-Both use the same settings (2 worker processes, 1 thread each, loopback, dashboard on
-a free port); runs alternate in one process so machine noise hits both alike. Prints
-the median wall times and their ratio.
+Same settings: N worker processes of 1 thread, loopback, the dashboard on a free port.
+Three variants alternate in one process, so machine noise hits all alike:
 
-    .venv/bin/python bench/overhead.py [--repeat 7] [--report]
+- raw:            distributed.LocalCluster (spawn) + Client + one task + close
+- daskjob default: run_job(JobSpec(payload=noop, cluster=ClusterSpec(n_workers=N)))
+- daskjob before:  the same with the defaults before warm start (workers spawned, the
+                   performance report on: `worker_start: spawn`, `performance_report: auto`)
+
+Prints the median wall times and the ratios to raw.
+
+    .venv/bin/python bench/overhead.py [--repeat 7] [--workers 2]
 """
 
 from __future__ import annotations
@@ -33,35 +40,41 @@ def raw(n_workers: int) -> float:
     return time.perf_counter() - t
 
 
-def daskjob_run(n_workers: int, record_dir: str, report: bool) -> float:
-    spec = JobSpec(name="overhead", payload=noop, record_dir=record_dir,
-                   performance_report=report, forward_logs=True,
-                   cluster=ClusterSpec(n_workers=n_workers, threads_per_worker=1))
+def daskjob_run(n_workers: int, record_dir: str, before: bool) -> float:
+    cluster = ClusterSpec(n_workers=n_workers, threads_per_worker=1,
+                          options={"worker_start": "spawn"} if before else {})
+    extra = {"performance_report": "auto"} if before else {}
+    spec = JobSpec(name="overhead", payload=noop, record_dir=record_dir, cluster=cluster, **extra)
     t = time.perf_counter()
-    run_job(spec)
-    return time.perf_counter() - t
+    result = run_job(spec)
+    took = time.perf_counter() - t
+    assert result.record["status"] == "succeeded", result.record.get("error")
+    return took
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--report", action="store_true", help="also render the performance report")
     args = ap.parse_args()
+    variants = {
+        "raw LocalCluster+Client+close": lambda d: raw(args.workers),
+        "daskjob run_job, defaults": lambda d: daskjob_run(args.workers, d, before=False),
+        "daskjob run_job, before": lambda d: daskjob_run(args.workers, d, before=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as records:
-        raw(args.workers)  # warm imports for both sides
-        raws, ours = [], []
+        raw(args.workers)  # warm imports for every variant
+        order = list(variants)
         for i in range(args.repeat):
-            if i % 2:
-                ours.append(daskjob_run(args.workers, records, args.report))
-                raws.append(raw(args.workers))
-            else:
-                raws.append(raw(args.workers))
-                ours.append(daskjob_run(args.workers, records, args.report))
-    r, o = statistics.median(raws), statistics.median(ours)
-    print(f"raw LocalCluster+Client+close  median {r:.3f}s  (min {min(raws):.3f}, max {max(raws):.3f})")
-    print(f"daskjob run_job (no-op payload) median {o:.3f}s  (min {min(ours):.3f}, max {max(ours):.3f})")
-    print(f"ratio daskjob/raw = {o / r:.3f}  (goal <= 1.05; performance report {'on' if args.report else 'off'})")
+            for name in order[i % len(order):] + order[:i % len(order)]:
+                times[name].append(variants[name](records))
+    base = statistics.median(times["raw LocalCluster+Client+close"])
+    print(f"{args.workers} workers, {args.repeat} runs each, no-op payload:")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"  {name:<32} median {m:6.3f}s  (min {min(ts):.3f}, max {max(ts):.3f})"
+              f"  ratio to raw {m / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -423,6 +423,39 @@ def test_worker_env_and_config_are_applied_and_dropped(records, monkeypatch):
     assert profile["enabled"] is False  # no performance report in these tests: no profiler
 
 
+@pytest.mark.parametrize("worker_start", ["forkserver", "spawn"])
+def test_worker_processes_carry_the_run_labels_where_the_reaper_reads_them(
+        records, monkeypatch, worker_start):
+    monkeypatch.setenv("SECRET_TOKEN", "do-not-leak")
+    monkeypatch.setenv("SET_JUST_BEFORE", "seen")
+
+    def payload(client):
+        def on_worker():
+            me = psutil.Process()
+            return {"pid": me.pid, "environ": me.environ(), "os.environ": dict(os.environ)}
+        return client.run(on_worker)
+
+    result = run_job(spec(records, payload, cluster={
+        "drop_env": ["SECRET_*"], "env": {"MY_FLAG": "1"},
+        "options": {"worker_start": worker_start}}))
+    run_id = result.record["run_id"]
+    driver = psutil.Process()
+    assert len(result.value) == 2
+    for seen in result.value.values():
+        # inside the worker; and with forkserver also in /proc/PID/environ, where the
+        # reaper looks (a spawned worker gets the run's variables only after exec)
+        envs = [seen["os.environ"]] + ([seen["environ"]] if worker_start == "forkserver" else [])
+        assert "SECRET_TOKEN" not in seen["environ"]
+        for env in envs:
+            assert env["DASKJOB_RUN_ID"] == run_id
+            assert env["DASKJOB_DRIVER_PID"] == str(driver.pid)
+            assert env["SET_JUST_BEFORE"] == "seen"
+            assert "SECRET_TOKEN" not in env
+        assert seen["os.environ"]["MY_FLAG"] == "1"
+        assert not psutil.pid_exists(seen["pid"])  # and stopped at teardown
+    assert os.environ["SECRET_TOKEN"] == "do-not-leak"  # the driver's own is untouched
+
+
 def test_tls_cluster_refuses_a_client_without_its_credentials(records):
     result = run_job(spec(records, "jobs:plain_tcp_is_refused", cluster={"tls": True}))
     value = result.value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import inspect
 import logging
 import os
@@ -11,7 +10,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import dask.config
 from dask.config import merge
@@ -25,6 +24,7 @@ from ..groups import GroupPlan
 from .base import Backend, ClusterContext, ClusterHandle
 from .common import BackendOptions
 from .adaptive import GroupAdaptive
+from .local_fork import RunForkContext, drop_matching, forking_from, worker_process_env
 from .local_groups import GroupedLocalCluster
 
 if TYPE_CHECKING:
@@ -72,9 +72,8 @@ class _ScrubbedEnviron(_WhileSpawning):
         self._saved: dict[str, str] = {}
 
     def _make(self, first: bool, patterns: list[str]) -> None:
-        for name in list(os.environ):
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-                self._saved.setdefault(name, os.environ.pop(name))
+        for name, value in drop_matching(os.environ, patterns).items():
+            self._saved.setdefault(name, value)
 
     def _undo(self) -> None:
         os.environ.update(self._saved)
@@ -126,6 +125,7 @@ class RecordingNanny(Nanny):
     startup_error: str | None = None
     instances: list["RecordingNanny"] = []  # replaced by a fresh list per cluster
     drop_env: list[str] = []                # likewise
+    fork_context: RunForkContext | None = None  # likewise; None: spawn
     stopping: bool = False                  # set when the run ends: no more restarts
 
     def __init__(self, *args, **kwargs):
@@ -134,7 +134,7 @@ class RecordingNanny(Nanny):
 
     async def start_unsafe(self):
         try:
-            with _SPAWN_ENV.held(self.drop_env), _MAIN.held():
+            with self._starting():
                 return await super().start_unsafe()
         except BaseException as e:
             self.startup_error = "".join(traceback.format_exception(e)).rstrip()
@@ -159,8 +159,13 @@ class RecordingNanny(Nanny):
 
     async def instantiate(self):
         # also when the nanny restarts a worker that died mid-run
-        with _SPAWN_ENV.held(self.drop_env), _MAIN.held():
+        with self._starting():
             return await super().instantiate()
+
+    @contextlib.contextmanager
+    def _starting(self):
+        with _SPAWN_ENV.held(self.drop_env), _MAIN.held(), forking_from(self.fork_context):
+            yield
 
 
 def _accepted_kwargs() -> set[str]:
@@ -171,8 +176,11 @@ def _accepted_kwargs() -> set[str]:
 
 
 class LocalOptions(BackendOptions):
-    """Any other argument of distributed.LocalCluster, Nanny or Worker, and `config`
-    (nested dask config for the workers, over what daskjob gives them)."""
+    """Any other argument of distributed.LocalCluster, Nanny or Worker; `config` (nested
+    dask config for the workers, over what daskjob gives them); and `worker_start`:
+    `forkserver` (the default: workers are forked from one process per run that has
+    imported distributed once, see local_fork.py) or `spawn` (a fresh interpreter per
+    worker, as distributed.LocalCluster does)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     backend: ClassVar[str] = "local"
@@ -183,6 +191,7 @@ class LocalOptions(BackendOptions):
     })
 
     config: dict[str, Any] | None = None
+    worker_start: Literal["forkserver", "spawn"] = "forkserver"
 
     @model_validator(mode="after")
     def _known(self):
@@ -197,6 +206,8 @@ class LocalOptions(BackendOptions):
 class LocalHandle(ClusterHandle):
     # the cluster's own Nanny class: its instances, and the flag that stops restarts
     nanny_class: type[RecordingNanny] = RecordingNanny
+    # the fork server its workers come from (None: spawned)
+    fork_context: RunForkContext | None = None
 
 
 # a group's own settings: the rest of a group's worker comes from the cluster's
@@ -227,31 +238,32 @@ class LocalBackend(Backend):
         # driver's: so pass the whole of it. A user's own `config` option wins.
         worker_config = merge(dask.config.config, ctx.worker_config,
                               options.pop("config", None) or {})
+        fork_context = None
+        if options.pop("worker_start", "forkserver") == "forkserver":
+            # started first: it imports while the scheduler starts
+            fork_context = RunForkContext(worker_process_env(ctx.worker_env), list(ctx.drop_env))
+            fork_context.start()
         nanny_class = type("RecordingNanny", (RecordingNanny,),
-                           {"instances": [], "drop_env": list(ctx.drop_env)})
-        cluster = GroupedLocalCluster(
-            n_workers=0,
-            threads_per_worker=spec.threads_per_worker,
-            memory_limit=spec.memory_bytes if spec.memory_bytes else "auto",
-            processes=True,
-            host="127.0.0.1",
-            scheduler_port=0,
-            dashboard_address="127.0.0.1:0" if spec.dashboard else None,
-            worker_class=nanny_class,
-            env=dict(ctx.worker_env),
-            death_timeout=spec.death_timeout_s,
-            preload=list(spec.preload) or None,
-            silence_logs=logging.WARNING,
-            config=worker_config,
-            # loopback only, so plain TCP unless asked: then a key pair made for this run
-            security=Security.temporary() if self.uses_tls(spec) else None,
-            **({"resources": dict(spec.resources)} if spec.resources else {}),
-            **options,
-        )
+                           {"instances": [], "drop_env": list(ctx.drop_env),
+                            "fork_context": fork_context})
+        try:
+            cluster = _local_cluster(spec, ctx, nanny_class, worker_config, options,
+                                     tls=self.uses_tls(spec))
+        except BaseException:
+            if fork_context is not None:
+                fork_context.stop()
+            raise
         plans = spec.group_plans()
         for plan in plans[1:]:
             cluster.extra_groups[plan.name] = _group_worker_spec(cluster.new_spec, plan)
-        return LocalHandle(cluster=cluster, nanny_class=nanny_class)
+        return LocalHandle(cluster=cluster, nanny_class=nanny_class, fork_context=fork_context)
+
+    def shut_down(self, handle: LocalHandle, timeout: float) -> None:
+        try:
+            super().shut_down(handle, timeout)
+        finally:
+            if handle.fork_context is not None:
+                handle.fork_context.stop()
 
     def scale(self, handle: LocalHandle, n: int) -> None:
         """Each group to its fixed size, or adapting between its minimum and maximum."""
@@ -270,7 +282,9 @@ class LocalBackend(Backend):
 
     def process_ids(self, handle: LocalHandle) -> list[int]:
         # a nanny's pid is None before its process exists and after it is gone
-        return [n.pid for n in list(handle.nanny_class.instances) if n.pid]
+        pids = [n.pid for n in list(handle.nanny_class.instances) if n.pid]
+        server = handle.fork_context.pid if handle.fork_context else None
+        return pids + ([server] if server else [])
 
     def failure_reason(self, handle: LocalHandle) -> str | None:
         nannies = list(handle.nanny_class.instances)
@@ -287,6 +301,29 @@ class LocalBackend(Backend):
                     "(a worker that crashes while loading a task closes its nanny)")
         detail = "\n\n".join(sorted(errors))
         return head + (f":\n{detail}" if detail else "")
+
+
+def _local_cluster(spec: "ClusterSpec", ctx: ClusterContext, nanny_class: type[RecordingNanny],
+                   worker_config: dict, options: dict[str, Any], tls: bool) -> GroupedLocalCluster:
+    return GroupedLocalCluster(
+        n_workers=0,
+        threads_per_worker=spec.threads_per_worker,
+        memory_limit=spec.memory_bytes if spec.memory_bytes else "auto",
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address="127.0.0.1:0" if spec.dashboard else None,
+        worker_class=nanny_class,
+        env=dict(ctx.worker_env),
+        death_timeout=spec.death_timeout_s,
+        preload=list(spec.preload) or None,
+        silence_logs=logging.WARNING,
+        config=worker_config,
+        # loopback only, so plain TCP unless asked: then a key pair made for this run
+        security=Security.temporary() if tls else None,
+        **({"resources": dict(spec.resources)} if spec.resources else {}),
+        **options,
+    )
 
 
 def _group_worker_spec(default: dict, plan: GroupPlan) -> dict:
