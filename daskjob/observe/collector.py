@@ -18,6 +18,8 @@ from .events import BARRIER_TOPIC, LIFECYCLE_TOPIC, LOG_TOPIC, display_name, jso
 from .usage import Usage
 
 _FLUSH = "daskjob.internal.flush"
+# one encoder for every line (json.dumps with `default=` builds a new one per call)
+_to_json = json.JSONEncoder(default=str).encode
 
 worker_log = logging.getLogger("daskjob.worker")
 logger = logging.getLogger("daskjob")
@@ -58,8 +60,8 @@ class Collector:
 
     # called from the client's event loop: must be cheap
     def on_firehose(self, event: tuple[float, dict]) -> None:
-        ts, wrapped = event
-        self._q.put((ts, wrapped["topic"], wrapped["msg"], wrapped.get("name")))
+        """A batch of (time, topic, message, worker name) from the scheduler."""
+        self._q.put(list(event[1]["batch"]))  # a list: what _drain takes for a batch
 
     def lifecycle(self, what: str, **data: Any) -> None:
         """An event from the driver itself (provisioned, payload started, ...)."""
@@ -85,11 +87,12 @@ class Collector:
                     continue
             if item is None:
                 break
-            try:
-                self._handle(*item)
-            except Exception:
-                logger.exception("daskjob: could not record an event",
-                                 extra=marked(self.run_id))
+            for one in (item if isinstance(item, list) else [item]):
+                try:
+                    self._handle(*one)
+                except Exception:
+                    logger.exception("daskjob: could not record an event",
+                                     extra=marked(self.run_id))
 
     def _handle(self, ts: float, topic: str, msg: Any, name: str | None) -> None:
         if topic == _FLUSH:  # rides the same queue, so everything before it is written
@@ -177,7 +180,7 @@ class Collector:
         self._closing_cluster = True
 
     def _write_event(self, record: dict) -> None:
-        self._events.write(json.dumps(record, default=str) + "\n")
+        self._events.write(_to_json(record) + "\n")
         self.event_count += 1
         self.topics[record["topic"]] += 1
         if record["topic"] == LIFECYCLE_TOPIC:

@@ -18,6 +18,10 @@ RUN_MARK = "daskjob_run"
 LOG_TOPIC = "daskjob.log"
 FIREHOSE_TOPIC = "daskjob.firehose"
 BARRIER_TOPIC = "daskjob.barrier"
+# a worker's events, sent together (see observe/worker.py EventBuffer)
+BATCH_TOPIC = "daskjob.batch"
+# the Worker attribute holding the run's EventBuffer, once the run's plugin set it up
+BUFFER_ATTR = "daskjob_event_buffer"
 LIFECYCLE_TOPIC = "daskjob.lifecycle"
 _FLUSH = "daskjob.internal.flush"
 ADDRESS_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
@@ -36,8 +40,14 @@ def is_dask_internal(topic: str) -> bool:
             or topic.startswith(ADDRESS_PREFIXES))
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def jsonable(value: Any) -> Any:
     """Events must be msgpack-serialisable: keep JSON types, stringify the rest."""
+    if type(value) is dict and all(type(k) is str and type(v) in _SCALARS
+                                   for k, v in value.items()):
+        return dict(value)  # the usual event: nothing to convert
     return json.loads(json.dumps(value, default=str))
 
 
@@ -63,7 +73,11 @@ def event(topic: str, **data: Any) -> None:
         worker = None
     if worker is not None:
         msg.setdefault("worker_name", str(worker.name))
-        worker.log_event(topic, msg)
+        buffer = getattr(worker, BUFFER_ATTR, None)
+        if buffer is not None:
+            buffer.add(topic, msg)
+        else:  # a worker no run observes
+            worker.log_event(topic, msg)
         return
     client = _driver_client()
     if client is None:

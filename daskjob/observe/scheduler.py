@@ -3,17 +3,24 @@
 Dask keeps only the last 1,000 events per topic, so the run does not read `get_events()`
 at the end: `FirehosePlugin` forwards each event to the run's client on FIREHOSE_TOPIC,
 names the worker it came from, and counts task transitions for the progress bar.
+
+Events reach the scheduler in batches (a worker's batched stream); they leave it in
+batches too: the plugin queues them and sends what queued up once the scheduler's event
+loop has handled the batch at hand, as one message. Sending each event as its own
+message costs the scheduler and the run's client more than everything else an event
+costs together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..payload import recreate_module
-from .events import ADDRESS_PREFIXES, FIREHOSE_TOPIC
+from .events import ADDRESS_PREFIXES, BATCH_TOPIC, FIREHOSE_TOPIC
 
 def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
     """Run on the scheduler: the firehose plugin's task counters."""
@@ -45,6 +52,7 @@ class FirehosePlugin(SchedulerPlugin):
         # too, so it needs them as much as the workers do (see WorkerObserver)
         self.modules = dict(modules or {})
         self.names: dict[str, str] = {}
+        self._pending: list[tuple[float, str, Any, str | None]] = []
         # task progress for the CLI's progress bar
         self.progress = {"added": 0, "done": 0, "erred": 0}
 
@@ -83,11 +91,22 @@ class FirehosePlugin(SchedulerPlugin):
         if (self.client_id is None or topic == FIREHOSE_TOPIC
                 or self.client_id not in self.scheduler.client_comms):
             return
+        if topic == BATCH_TOPIC and isinstance(msg, dict):
+            # a worker's buffered events, each as if the worker had logged it alone
+            worker = msg.get("worker")
+            for ts, one_topic, one in msg.get("events") or ():
+                if isinstance(one, dict) and worker is not None:
+                    one["worker"] = worker
+                self._forward(one_topic, one, ts)
+            return
+        self._forward(topic, msg, time.time())
+
+    def _forward(self, topic: str, msg: Any, ts: float) -> None:
         if topic.startswith(ADDRESS_PREFIXES):
             # per-worker topics repeat what the scheduler also logs under "all", except
             # a worker pausing at its memory limit or resuming, which only goes here
             if isinstance(msg, dict) and msg.get("action") == "worker-status-change":
-                self._send("all", {**msg, "worker": topic}, self.names.get(topic, topic))
+                self._send("all", {**msg, "worker": topic}, self.names.get(topic, topic), ts)
             return
         name = None
         if isinstance(msg, dict) and isinstance(msg.get("worker"), str):
@@ -95,13 +114,23 @@ class FirehosePlugin(SchedulerPlugin):
             name = self.names.get(addr)
             if name is None and addr in self.scheduler.workers:
                 name = self.names[addr] = str(self.scheduler.workers[addr].name)
-        self._send(topic, msg, name)
+        self._send(topic, msg, name, ts)
 
-    def _send(self, topic: str, msg: Any, name: str | None) -> None:
+    def _send(self, topic: str, msg: Any, name: str | None, ts: float | None = None) -> None:
         if self.client_id is None or self.client_id not in self.scheduler.client_comms:
             return
-        wrapped = {"topic": topic, "msg": msg, "name": name}
+        self._pending.append((time.time() if ts is None else ts, topic, msg, name))
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # not on the scheduler's event loop: send now
+                self._flush()
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch or self.client_id is None or self.client_id not in self.scheduler.client_comms:
+            return
         self.scheduler.send_all(
             {self.client_id: [{"op": "event", "topic": FIREHOSE_TOPIC,
-                               "event": (time.time(), wrapped)}]},
+                               "event": (time.time(), {"batch": batch})}]},
             worker_msgs={})

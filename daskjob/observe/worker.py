@@ -4,6 +4,11 @@
 the root logger, distributed) and print output as events on LOG_TOPIC, cleans the
 worker's environment, makes the payload's code importable, and stops the worker's child
 processes at teardown. `emit_barrier` lets the driver know every earlier event is in.
+
+Log lines and `daskjob.event`s leave the worker in batches (`EventBuffer`): one Dask
+event per batch instead of one per line. Each event Dask logs from a task's thread wakes
+the worker's event loop and travels as its own message; for a task that logs often,
+that cost the worker more than its work.
 """
 
 from __future__ import annotations
@@ -14,19 +19,52 @@ import logging
 import os
 import sys
 import threading
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..payload import recreate_module
-from .events import BARRIER_TOPIC, LOG_TOPIC, display_name
+from .events import BARRIER_TOPIC, BATCH_TOPIC, BUFFER_ATTR, LOG_TOPIC, display_name
+
+
+class EventBuffer:
+    """A worker's events on their way out: added from any thread, sent as one
+    BATCH_TOPIC event from the worker's event loop shortly after the first of a batch."""
+
+    delay = 0.01  # seconds the first event of a batch waits for others
+
+    def __init__(self, worker):
+        self.worker = worker
+        self._events: deque = deque()
+        self._scheduled = False
+
+    def add(self, topic: str, msg: dict) -> None:
+        self._events.append((time.time(), topic, msg))
+        if not self._scheduled:
+            self._scheduled = True
+            self.worker.loop.add_callback(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self.worker.loop.call_later(self.delay, self.flush)
+
+    def flush(self) -> None:
+        """Send what is buffered (on the worker's event loop)."""
+        self._scheduled = False  # before taking: an event added from now on is sent later
+        batch = []
+        while self._events:
+            batch.append(self._events.popleft())
+        if batch:
+            self.worker.log_event(BATCH_TOPIC, {"events": batch,
+                                                "worker_name": str(self.worker.name)})
 
 class _EventLogHandler(logging.Handler):
     """Turns log records on a worker into LOG_TOPIC events (re-entrancy safe)."""
 
-    def __init__(self, worker, level: int):
+    def __init__(self, worker, level: int, buffer: EventBuffer):
         super().__init__(level)
         self.worker = worker
+        self.buffer = buffer
         self.name_ = str(worker.name)
         self._local = threading.local()
         self.setFormatter(logging.Formatter("%(message)s"))
@@ -37,7 +75,7 @@ class _EventLogHandler(logging.Handler):
         self._local.busy = True
         try:
             text = self.format(record)
-            self.worker.log_event(LOG_TOPIC, {
+            self.buffer.add(LOG_TOPIC, {
                 "worker_name": self.name_, "logger": record.name, "level": record.levelname,
                 "time": record.created, "message": text,
             })
@@ -131,10 +169,12 @@ class WorkerObserver(WorkerPlugin):
         for name, (file, source) in self.modules.items():
             recreate_module(name, file, source)
         self._handler = None
+        buffer = EventBuffer(worker)
+        setattr(worker, BUFFER_ATTR, buffer)
         if not self.forward_logs:
             return
         level = logging.getLevelName(self.level)
-        handler = _EventLogHandler(worker, level)
+        handler = _EventLogHandler(worker, level, buffer)
         self._handler = handler
         self._patched = []
         root = logging.getLogger()
@@ -150,6 +190,10 @@ class WorkerObserver(WorkerPlugin):
         sys.stderr = _LineStream(sys.stderr, logging.getLogger("stderr"), logging.WARNING, self.echo_streams)
 
     def teardown(self, worker) -> None:
+        buffer = getattr(worker, BUFFER_ATTR, None)
+        if buffer is not None:
+            buffer.flush()
+            delattr(worker, BUFFER_ATTR)  # a borrowed worker outlives the run
         handler = getattr(self, "_handler", None)
         if handler is not None:
             for name in self._loggers:
@@ -163,4 +207,7 @@ class WorkerObserver(WorkerPlugin):
 
 def emit_barrier(dask_worker=None, token: str = "") -> None:
     # runs on each worker's event loop, after the log_event calls that tasks queued
+    buffer = getattr(dask_worker, BUFFER_ATTR, None)
+    if buffer is not None:
+        buffer.flush()
     dask_worker.log_event(BARRIER_TOPIC, {"token": token, "worker_name": str(dask_worker.name)})
