@@ -8,6 +8,13 @@ second; prints the median growth from the first sample after warm-up to the peak
 the ratios against the profiler-off run.
 
     .venv/bin/python bench/worker_memory.py [--copies 12] [--repeat 1]
+
+With `--minutes N`: one run instead, daskjob's defaults, that repeats the ETL over the
+drop for N minutes on one worker of 1 GiB (the drop is several times that: the worker
+streams it, out of core). Prints the worker's RSS slope after warm-up (least squares,
+MiB per minute) and its change from the first to the last minute after warm-up.
+
+    .venv/bin/python bench/worker_memory.py --minutes 30
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class RssSampler(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.samples: list[int] = []
+        self.times: list[float] = []
         self.stop = threading.Event()
 
     def run(self):
@@ -55,6 +63,7 @@ class RssSampler(threading.Thread):
                     pass
             if rss and max(rss) > 150 * 2**20:  # the worker, once it has imported pandas
                 self.samples.append(max(rss))
+                self.times.append(time.monotonic())
 
 
 def one_run(raw: str, dest: str, records: str, settings: dict) -> tuple[float, float]:
@@ -74,10 +83,46 @@ def one_run(raw: str, dest: str, records: str, settings: dict) -> tuple[float, f
     return (max(samples) - samples[0]) / 2**20, seconds
 
 
+def etl_for(minutes: float, **params) -> int:
+    """The payload of the soak: the ETL again and again until `minutes` have passed."""
+    from daskjob.payloads import etl
+    rounds, end = 0, time.monotonic() + minutes * 60
+    while time.monotonic() < end:
+        etl.run(**params)
+        rounds += 1
+    return rounds
+
+
+def soak(raw: str, work: str, minutes: float, size: int) -> None:
+    spec = JobSpec(name="worker-memory-soak", payload=etl_for, timeout=None,
+                   params={"minutes": minutes, "source": raw, "dest": os.path.join(work, "wh"),
+                           "date": DATE},
+                   record_dir=os.path.join(work, "runs"),
+                   cluster=ClusterSpec(n_workers=1, memory_per_worker="1GiB"))
+    sampler = RssSampler()
+    sampler.start()
+    rounds = run_job(spec).value
+    sampler.stop.set()
+    sampler.join()
+    t0 = sampler.times[0]
+    warm = minutes * 60 * 0.1  # the first tenth is warm-up
+    pts = [((t - t0) / 60, rss / 2**20) for t, rss in zip(sampler.times, sampler.samples)
+           if t - t0 >= warm]
+    n = len(pts)
+    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    first = statistics.median(y for x, y in pts if x <= pts[0][0] + 1)
+    last = statistics.median(y for x, y in pts if x >= pts[-1][0] - 1)
+    print(f"input {size / 2**20:.0f} MiB, one worker of 1 GiB, {minutes:g} min, {rounds} ETL "
+          f"rounds; after {warm / 60:.1f} min of warm-up: worker RSS {first:.0f} -> {last:.0f} "
+          f"MiB ({(last - first) / first:+.1%}), slope {slope:+.2f} MiB/min")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=12, help="copies of a 250,000-row file (~33 MB each)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--minutes", type=float, default=None, help="a soak of this length instead")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="daskjob-bench-mem-")
     try:
@@ -87,6 +132,9 @@ def main() -> None:
             shutil.copyfile(first, os.path.join(raw, f"date={DATE}", f"bank-{DATE}-{i:03d}.csv"))
         size = sum(os.path.getsize(os.path.join(raw, f"date={DATE}", f))
                    for f in os.listdir(os.path.join(raw, f"date={DATE}")))
+        if args.minutes:
+            soak(raw, work, args.minutes, size)
+            return
         growth: dict[str, list[float]] = {name: [] for name in VARIANTS}
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for _ in range(args.repeat):

@@ -1,17 +1,30 @@
-"""Backends by name. Every backend, built-in or not, comes from the `daskjob.backends`
+"""Backends by name. Every backend, built-in or not, is named in the `daskjob.backends`
 entry point group (`name = "module:BackendClass"`): a backend's module, and the library
 it is made over, is imported only when that backend is used. The registry refuses two
-classes under one name."""
+classes under one name.
+
+The built-in backends are loaded from BUILT_IN without listing the group: listing entry
+points reads the metadata of every installed distribution, a noticeable part of the
+start of a short `daskjob run`."""
 
 from __future__ import annotations
 
 import logging
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 logger = logging.getLogger("daskjob")
 
 ENTRY_POINT_GROUP = "daskjob.backends"
+# as pyproject.toml names them in ENTRY_POINT_GROUP (tests/test_structure.py checks)
+BUILT_IN = {
+    "local": "daskjob.backends.local:LocalBackend",
+    "address": "daskjob.backends.address:AddressBackend",
+    "ssh": "daskjob.backends.ssh:SSHBackend",
+    "jobqueue": "daskjob.backends.jobqueue:JobqueueBackend",
+    "gateway": "daskjob.backends.gateway:GatewayBackend",
+    "kubernetes": "daskjob.backends.kubernetes:KubernetesBackend",
+}
 
 # name -> a Backend class (backends/base.py; this module imports nothing of daskjob, so
 # that the spec can look backends up without an import cycle)
@@ -43,7 +56,8 @@ def get_backend(name: str) -> Any:
 
 
 def _load(name: str) -> None:
-    ep = _entry_points().get(name)
+    ep = EntryPoint(name, BUILT_IN[name], ENTRY_POINT_GROUP) if name in BUILT_IN \
+        else _entry_points().get(name)
     if ep is None:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(backend_names())}")
     try:

@@ -88,3 +88,11 @@ def test_the_front_ends_start_no_cluster_themselves():
                     text = open(os.path.join(folder, name)).read()
                     for word in ("LocalCluster(", "Client(", "get_backend("):
                         assert word not in text, (package, name, word)
+
+
+def test_built_in_backends_are_the_ones_pyproject_registers():
+    import tomllib
+    from daskjob.backend_registry import BUILT_IN, ENTRY_POINT_GROUP
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["entry-points"][ENTRY_POINT_GROUP] == BUILT_IN
