@@ -1,5 +1,6 @@
 """Whole `daskjob run` processes: one at a time, and N at once, with today's defaults
-against the defaults before warm start (workers spawned, performance report on).
+against the defaults before warm start (workers spawned, performance report on), and
+today's defaults without the dashboard (the largest cost left in a short run: bokeh).
 
 Each process runs a trivial job (2 workers, one small task) on the local backend. The
 variants alternate in one run of this script. After each batch, no process of any run
@@ -31,12 +32,14 @@ payload: trivial_job:add
 record_dir: {records}
 cluster:
   n_workers: 2
+  dashboard: {dashboard}
   options: {options}
 """
 VARIANTS = {
-    "defaults": {"options": "{}", "env": {}},
-    "before": {"options": "{worker_start: spawn}",
+    "defaults": {"options": "{}", "env": {}, "dashboard": "true"},
+    "before": {"options": "{worker_start: spawn}", "dashboard": "true",
                "env": {"DASKJOB__PERFORMANCE_REPORT": "auto"}},
+    "no dashboard": {"options": "{}", "env": {}, "dashboard": "false"},
 }
 
 
@@ -45,9 +48,10 @@ def write_jobs(work: str) -> dict[str, str]:
         f.write("def add(client):\n    return client.submit(sum, [1, 2]).result()\n")
     paths = {}
     for name, variant in VARIANTS.items():
-        paths[name] = os.path.join(work, f"{name}.yaml")
+        paths[name] = os.path.join(work, f"{name.replace(' ', '-')}.yaml")
         with open(paths[name], "w") as f:
-            f.write(JOB.format(records=os.path.join(work, "runs"), options=variant["options"]))
+            f.write(JOB.format(records=os.path.join(work, "runs"), options=variant["options"],
+                               dashboard=variant["dashboard"]))
     return paths
 
 
@@ -80,7 +84,7 @@ def main() -> None:
         many: dict[str, list[float]] = {v: [] for v in VARIANTS}
         order = list(VARIANTS)
         for i in range(args.repeat):
-            for variant in (order if i % 2 == 0 else order[::-1]):
+            for variant in order[i % len(order):] + order[:i % len(order)]:
                 single[variant].append(run_many(jobs[variant], variant, 1, work))
                 many[variant].append(run_many(jobs[variant], variant, args.concurrent, work))
     finally:
@@ -90,8 +94,9 @@ def main() -> None:
     for label, table in (("1 run", single), (f"{args.concurrent} at once", many)):
         before = statistics.median(table["before"])
         now = statistics.median(table["defaults"])
-        print(f"  {label:<12} defaults {now:6.2f}s   before {before:6.2f}s   "
-              f"ratio {now / before:.2f}")
+        bare = statistics.median(table["no dashboard"])
+        print(f"  {label:<12} before {before:6.2f}s   defaults {now:6.2f}s (ratio {now / before:.2f})"
+              f"   defaults, no dashboard {bare:6.2f}s (ratio {bare / before:.2f})")
 
 
 if __name__ == "__main__":
