@@ -66,9 +66,11 @@ def run_many(job: str, variant: str, n: int, work: str) -> float:
     took = time.perf_counter() - t
     if failed:
         raise SystemExit(f"{len(failed)} of {n} runs failed:\n{failed[0]}")
-    left = labelled_processes() + [(p, {}) for p in psutil.Process().children(recursive=True)]
+    drivers = {str(p.pid) for p in procs}  # processes of other daskjob runs are not ours
+    left = [p for p, env in labelled_processes() if env.get("DASKJOB_DRIVER_PID") in drivers]
+    left += psutil.Process().children(recursive=True)
     if left:
-        raise SystemExit(f"left after the runs: {[p.pid for p, _ in left]}")
+        raise SystemExit(f"left after the runs: {[p.pid for p in left]}")
     return took
 
 
