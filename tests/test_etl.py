@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import inspect
 import json
 import os
 import shutil
@@ -9,13 +11,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 
+import fsspec
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from conftest import REPO
 from daskjob import ClusterSpec, JobFailed, JobSpec, run_job
 from daskjob.datasets import COLUMNS, generate_chunk, write_drop
-from daskjob.payloads.etl import OUTPUT_DTYPES, validate
+from daskjob.payloads import etl
+from daskjob.payloads.etl import OUTPUT_DTYPES, partial_aggregate, transform, validate
 
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -123,6 +134,202 @@ def test_missing_input_is_a_clear_failure(tmp_path, records):
     with pytest.raises(JobFailed) as info:
         run_job(etl_spec(records, tmp_path / "nowhere", tmp_path / "wh"))
     assert "no input for 2026-11-20" in str(info.value)
+
+
+# ------------------------------------------- the Arrow path against the pandas path
+# (column, raw value) put into a drop on top of datasets.py's own malformed values
+ODD_VALUES = [
+    ("age", " 42 "), ("age", "42.0"), ("age", "42.5"), ("age", "1e1"), ("age", "+30"),
+    ("age", ".5e2"), ("age", "0x1F"), ("age", ""), ("age", "   "), ("age", "NaN"), ("age", "inf"),
+    ("age", "1e999"), ("age", "-0"), ("age", "150"), ("job", " admin. "), ("job", "Admin."),
+    ("job", "admin.;x"), ("job", 'say "hi"'), ("job", "\u00a0admin.\u00a0"), ("job", "ünïcode"),
+    ("job", "\t"), ("duration", "12.0"), ("duration", "1,5"), ("duration", "-20"),
+    ("euribor3m", " 1.2e0 "), ("euribor3m", "1.2.3"), ("euribor3m", "11"), ("y", "YES"),
+    ("y", ""), ("y", "no "), ("pdays", "1.5e9"), ("pdays", "1.5"), ("marital", "single;married"),
+    ("nr.employed", "5000"), ("nr.employed", ""),
+]
+SEVERAL = [("age", "abc"), ("job", ""), ("pdays", "1.5"), ("y", "maybe"), ("euribor3m", "x")]
+
+
+def corrupted_frame(rows: int, seed: int, chunk: int = 0) -> pd.DataFrame:
+    """Rows as `write_drop` makes them, made worse: odd values for every kind of rule,
+    rows breaking several rules at once, and a free-text column with `;` and quotes."""
+    df = generate_chunk(rows, date=DATE, seed=seed, chunk=chunk, bad_fraction=0.03).astype(object)
+    r = np.random.default_rng(seed)
+    for i, row in enumerate(r.choice(rows, size=3 * len(ODD_VALUES), replace=False)):
+        column, value = ODD_VALUES[i % len(ODD_VALUES)]
+        df.iat[row, df.columns.get_loc(column)] = value
+    several = r.choice(rows, size=5, replace=False)
+    for column, value in SEVERAL:
+        df.iloc[several, df.columns.get_loc(column)] = value
+    df["note"] = ['free; text "quoted"' if i % 7 == 0 else "" for i in range(rows)]
+    return df
+
+
+def write_corrupted_drop(fs, folder: str, files: int = 2, rows: int = 3000) -> list[str]:
+    """CSV files as `write_drop` writes them; the first also has lines pyarrow's parser
+    refuses and pandas reads (a short row, a line of blanks, an empty line)."""
+    paths = []
+    for i in range(files):
+        text = corrupted_frame(rows, seed=11 + i, chunk=i).to_csv(
+            sep=";", index=False, quoting=csv.QUOTE_NONNUMERIC)
+        if i == 0:
+            lines = text.split("\n")
+            lines[rows // 2:rows // 2] = ['"46";"admin."', "   ", ""]
+            text = "\n".join(lines)
+        paths.append(f"{folder}/bank-{DATE}-{i:03d}.csv")
+        fs.pipe(paths[-1], text.encode())
+    return paths
+
+
+def pandas_path(fs, paths: list[str]) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """What the pandas path makes of whole files: clean rows, rejected rows, counts."""
+    clean, rejected, by_rule = [], [], Counter()
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            good, bad, rules = validate(pd.read_csv(f, sep=";", dtype=str, keep_default_na=False))
+        clean.append(transform(good))
+        rejected.append(bad)
+        by_rule.update(rules)
+    return (pa.Table.from_pandas(pd.concat(clean), preserve_index=False),
+            pa.Table.from_pandas(pd.concat(rejected), preserve_index=False), dict(by_rule))
+
+
+def as_the_driver_got_it(partial: pd.DataFrame) -> pd.DataFrame:
+    """A pandas partial aggregate as the pandas path sent it to the driver (JSON)."""
+    return pd.DataFrame(json.loads(partial.reset_index().to_json(orient="records"))).set_index("job")
+
+
+def test_arrow_path_gives_what_the_pandas_path_gives_on_a_corrupted_drop(tmp_path):
+    fs = fsspec.filesystem("file")
+    folder = tmp_path / f"date={DATE}"
+    folder.mkdir()
+    paths = write_corrupted_drop(fs, str(folder))
+    urls, kind, _ = etl.find_inputs(str(tmp_path), DATE)
+    splits = etl.plan_splits(urls, kind, fs, "64KB")
+    assert len(splits) >= 3 * len(paths)  # byte ranges of each file
+
+    raws, clean, rejected, by_rule, partials, partials_pd = [], [], [], Counter(), [], []
+    for split in splits:
+        raw = etl.read_split(split)
+        good, bad, rules = etl.validate_arrow(raw)
+        clients = etl.transform_arrow(good)
+        # the pandas path on the same rows, part by part: the same tables, Parquet
+        # schemas (pandas metadata included), counts in the same order, partials
+        good_pd, bad_pd, rules_pd = validate(raw.to_pandas())
+        clients_pd = transform(good_pd)
+        assert clients.equals(pa.Table.from_pandas(clients_pd, preserve_index=False),
+                              check_metadata=True)
+        assert bad.equals(pa.Table.from_pandas(bad_pd, preserve_index=False), check_metadata=True)
+        assert list(rules.items()) == list(rules_pd.items())
+        partials.append(etl.partial_aggregate_arrow(clients))
+        partials_pd.append(as_the_driver_got_it(partial_aggregate(clients_pd)))
+        pd.testing.assert_frame_equal(partials[-1], partials_pd[-1], check_exact=True,
+                                      check_index_type=False)
+        raws.append(raw)
+        clean.append(clients)
+        rejected.append(bad)
+        by_rule.update(rules)
+    pd.testing.assert_frame_equal(etl.finish_aggregate(pd.concat(partials)),
+                                  etl.finish_aggregate(pd.concat(partials_pd)), check_exact=True)
+
+    # the parts together are the files, read whole by pandas, and what pandas makes of them
+    whole = []
+    for path in paths:
+        with open(path, "rb") as f:
+            whole.append(pd.read_csv(f, sep=";", dtype=str, keep_default_na=False))
+    pd.testing.assert_frame_equal(pa.concat_tables(raws).to_pandas(),
+                                  pd.concat(whole, ignore_index=True))
+    clean_pd, rejected_pd, by_rule_pd = pandas_path(fs, paths)
+    assert pa.concat_tables(clean).equals(clean_pd, check_metadata=True)
+    assert pa.concat_tables(rejected).equals(rejected_pd, check_metadata=True)
+    assert dict(by_rule) == by_rule_pd
+
+    # ... and the drop has what it should: every kind of rule broken, several at once
+    reasons = pa.concat_tables(rejected).column("reason").to_pylist()
+    assert sum(len(p) for p in whole) == 2 * 3000 + 1  # the short row is a row
+    for text in ("missing", "not one of", "not a number", "not an integer", "out of range"):
+        assert any(text in r for r in reasons), text
+    assert any(r.count("; ") >= 4 for r in reasons)
+    assert "job: not one of 12 allowed values ('admin.;x')" in "\n".join(reasons)
+    assert 42 in pa.concat_tables(clean).column("age").to_pylist()
+
+
+def test_arrow_path_reads_parquet_as_the_pandas_path_does(tmp_path):
+    import dask.dataframe as dd
+
+    typed = generate_chunk(2000, date=DATE, seed=6, bad_fraction=0.0)
+    typed["euribor3m"] = typed["euribor3m"].astype(float)
+    typed.loc[::50, "euribor3m"] = np.nan
+    typed.loc[::61, "job"] = None
+    typed["pdays"] = typed["pdays"].astype("Int64")
+    typed.loc[::71, "pdays"] = pd.NA
+    typed.index = np.random.default_rng(0).permutation(len(typed))  # stored as a column
+    typed.to_parquet(tmp_path / "typed.parquet", row_group_size=300)
+    strings = corrupted_frame(2000, seed=5).astype(str)
+    strings.iloc[::97, 1] = None
+    strings.to_parquet(tmp_path / "strings.parquet", index=False, row_group_size=500)
+    for name in ("typed", "strings"):
+        url = str(tmp_path / f"{name}.parquet")
+        splits = etl.plan_splits([url], "parquet", fsspec.filesystem("file"), "8KB")
+        assert len(splits) > 1  # runs of row groups
+        raw = pa.concat_tables([etl.read_split(s) for s in splits])
+        expected = dd.read_parquet([url]).astype(str).compute(scheduler="sync")
+        pd.testing.assert_frame_equal(raw.to_pandas(), expected.reset_index(drop=True),
+                                      check_dtype=False)
+        good, bad, by_rule = etl.validate_arrow(raw)
+        good_pd, bad_pd, by_rule_pd = validate(expected)
+        assert etl.transform_arrow(good).equals(
+            pa.Table.from_pandas(transform(good_pd), preserve_index=False), check_metadata=True)
+        assert bad.equals(pa.Table.from_pandas(bad_pd, preserve_index=False), check_metadata=True)
+        assert by_rule == by_rule_pd and bad.num_rows > 0
+
+
+def test_etl_run_splits_one_file_for_every_worker_on_any_fsspec_url():
+    from distributed import Client, LocalCluster
+
+    fs = fsspec.filesystem("memory")
+    root = f"/etl-{uuid.uuid4().hex[:8]}"
+    try:
+        paths = write_corrupted_drop(fs, f"{root}/raw/date={DATE}", files=1, rows=4000)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            s = etl.run(f"memory://{root}/raw", f"memory://{root}/wh", DATE,
+                        max_reject_ratio=0.5, blocksize="128KB")
+            events = [e for _, e in client.get_events("etl.partition")]
+        assert s["files"] == 1 and s["partitions"] >= 4
+        assert len(events) == s["partitions"]
+        assert sum(e["rows_read"] for e in events) == s["rows_read"] == 4001
+
+        def published(table):
+            files = sorted(fs.glob(f"{root}/wh/{table}/date={DATE}/part-*.parquet"))
+            assert fs.exists(f"{root}/wh/{table}/date={DATE}/_SUCCESS")
+            return pa.concat_tables([pq.read_table(fs.open(f, "rb")) for f in files])
+
+        clean_pd, rejected_pd, by_rule_pd = pandas_path(fs, paths)
+        assert published("clients").equals(clean_pd, check_metadata=True)
+        assert published("_rejected").equals(rejected_pd, check_metadata=True)
+        assert s["rejected_by_rule"] == by_rule_pd
+        assert s["rows_rejected"] == rejected_pd.num_rows
+        assert not fs.glob(f"{root}/wh/*/_staging-*")
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_default_blocksize_gives_every_worker_of_the_demo_two_parts(tmp_path):
+    """`make demo`: `daskjob demo-data --rows 200000`, then examples/nightly_etl.yaml."""
+    write_drop(str(tmp_path / "sample"), DATE, 5_000, seed=0)
+    sample = tmp_path / "sample" / f"date={DATE}" / f"bank-{DATE}-000.csv"
+    demo = tmp_path / "demo.csv"  # a file of the demo's size (only its size is read)
+    with open(sample, "rb") as f, open(demo, "wb") as out:
+        out.write(f.readline())
+    os.truncate(demo, os.path.getsize(sample) * 200_000 // 5_000)
+    with open(os.path.join(REPO, "examples", "nightly_etl.yaml")) as f:
+        workers = yaml.safe_load(f)["cluster"]["n_workers"]
+    default = inspect.signature(etl.run).parameters["blocksize"].default
+    splits = etl.plan_splits([str(demo)], "csv", fsspec.filesystem("file"), default)
+    assert len(splits) >= 2 * workers
+    assert {s["length"] for s in splits} == {splits[0]["length"]}  # equal parts
 
 
 def _etl_job_file(tmp_path, records, raw_dir, dest):

@@ -1,11 +1,15 @@
 """The nightly ETL step: one day's raw bank-marketing drop -> validated, typed Parquet.
 
-The payload is `run(source, dest, date, max_reject_ratio=0.05, blocksize="32MB")`, e.g.
+The payload is `run(source, dest, date, max_reject_ratio=0.05, blocksize="8MB")`, e.g.
 `run(source="data/raw", dest="data/warehouse", date="2026-11-20")` on a job's cluster.
 
 Extract   one day's drop: `source` is a folder holding `date=YYYY-MM-DD/` (as written by
           `daskjob demo-data`), or a glob/URL, optionally with `{date}` in it. CSV
           (';'- or ','-separated, header row) or Parquet. Any fsspec URL.
+          The drop is split by bytes, not by file, so that every worker has work: an
+          uncompressed CSV file into line-aligned byte ranges of about `blocksize`
+          (equal ones per file), a compressed one whole, a Parquet file into runs of
+          row groups of about `blocksize`. Each part is one task, read on a worker.
 Validate  every row against SCHEMA (types, ranges, allowed values, required fields).
           Failing rows go to `dest/_rejected/date=D/` with one reason per rule they
           break, never into the output. More than `max_reject_ratio` rejected: the run
@@ -13,6 +17,13 @@ Validate  every row against SCHEMA (types, ranges, allowed values, required fiel
 Transform typed columns, snake_case names, derived columns (age_band, call_minutes,
           contacted_before, subscribed), and a daily aggregate table by job.
 Load      `dest/clients/date=D/` and `dest/daily_by_job/date=D/`, Parquet.
+
+On the workers the work is Arrow-native: pyarrow.csv reads a part, every rule runs once
+per distinct raw value of its column (pyarrow.compute on the column's dictionary, then a
+take back to the rows), and pyarrow.parquet writes it. `validate`, `transform` and
+`partial_aggregate` are the pandas reference implementation: `validate_arrow`,
+`transform_arrow` and `partial_aggregate_arrow` give the same rows, values, reasons,
+counts and Parquet schemas (tests/test_etl.py compares them).
 
 Publishing is atomic and idempotent. Each table is written to a staging folder
 `dest/<table>/_staging-date=D-<token>/` (readers skip names starting with `_`) and only
@@ -32,8 +43,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import functools
+import io
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -41,11 +55,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import dask.dataframe as dd
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from dask.utils import parse_bytes
+from fsspec.utils import read_block
 
 import daskjob
 
@@ -199,6 +219,182 @@ def finish_aggregate(partials: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("job").reset_index(drop=True)
 
 
+# ----------------------------------------------------------- Arrow-native, on the workers
+# The same rules as `validate` / `transform` / `partial_aggregate` above, on Arrow tables.
+# A column of a day's drop holds few distinct values (a dozen jobs, a hundred ages, a few
+# thousand durations), so every rule runs once per distinct raw value of its column (the
+# column's dictionary) and the results reach the rows by a take: the rows are hashed once
+# per column, the rules cost next to nothing, and a column of all-distinct values is no
+# slower than running the rules on the rows. Reasons are built for the rejected rows only.
+
+@dataclass
+class _CheckedColumn:
+    indices: np.ndarray          # row -> entry of the column's dictionary
+    bad: np.ndarray              # entry -> breaks a rule
+    typed: pa.Array              # entry -> typed value (stripped string, float64, int32)
+    reason: pa.Array | None      # entry -> this column's part of the reason ("" if none)
+
+
+def _np_bool(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _check_column(values: pa.ChunkedArray | pa.Array, col: str, rule: Column,
+                  by_rule: dict[str, int]) -> _CheckedColumn:
+    """`validate`'s rules for one column, once per distinct raw value."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    encoded = pc.dictionary_encode(values)
+    entries = encoded.dictionary
+    indices = encoded.indices
+    if indices.null_count:  # a null raw value is an entry of its own, after the others
+        indices = indices.fill_null(len(entries))
+        entries = pa.concat_arrays([entries, pa.nulls(1, entries.type)])
+    indices = indices.to_numpy(zero_copy_only=False)
+    rows_per_entry = np.bincount(indices, minlength=len(entries))
+
+    # as in validate: pandas' str.strip() on an Arrow-backed str column is this kernel
+    s = pc.utf8_trim_whitespace(entries)
+    missing = _np_bool(pc.or_kleene(pc.is_null(s), pc.equal(s, "")))
+    bad = np.zeros(len(entries), dtype=bool)
+    pieces: list[pa.Array] = []
+
+    def fail(mask: np.ndarray, name: str, text: str, with_value: bool) -> None:
+        n = int(rows_per_entry[mask].sum())
+        if not n:
+            return
+        bad[mask] = True
+        by_rule[f"{col}:{name}"] = by_rule.get(f"{col}:{name}", 0) + n
+        if with_value:
+            piece = pc.binary_join_element_wise(f"{col}: {text} ('", s, "'); ", "")
+        else:
+            piece = pa.scalar(f"{col}: {text}; ", s.type)
+        pieces.append(pc.if_else(pa.array(mask), piece, pa.scalar("", s.type)))
+
+    if rule.required:
+        fail(missing, "missing", "missing", False)
+    if rule.kind == "category":
+        allowed = _np_bool(pc.is_in(s, value_set=pa.array(rule.allowed, s.type)))
+        fail(~missing & ~allowed, "not_allowed", f"not one of {len(rule.allowed)} allowed values",
+             True)
+        typed: pa.Array = s
+    else:
+        valid = pc.match_substring_regex(s, _NUMBER)
+        num = pc.cast(pc.if_else(valid, s, pa.scalar(None, s.type)), pa.float64())
+        x = num.to_numpy(zero_copy_only=False)
+        nan = np.isnan(x)
+        fail(~missing & nan, "not_a_number", "not a number", True)
+        with np.errstate(invalid="ignore"):
+            if rule.kind == "int":
+                fail(~nan & (np.remainder(x, 1) != 0), "not_an_integer", "not an integer", True)
+            out_of_range = ~nan & ((x < rule.low) | (x > rule.high))
+        fail(out_of_range, "out_of_range", f"out of range {rule.low:g}..{rule.high:g}", True)
+        if rule.kind == "int":  # the entries the good rows can hold are whole and in range
+            typed = pa.array(np.where(nan | bad, 0, x).astype(np.int32), mask=nan)
+        else:
+            typed = num
+    reason = None
+    if pieces:
+        reason = pieces[0] if len(pieces) == 1 else pc.binary_join_element_wise(*pieces, "")
+    return _CheckedColumn(indices, bad, typed, reason)
+
+
+def validate_arrow(raw: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """`validate` on an Arrow table of raw strings: the same rows, values and reasons.
+
+    Returns (good, rejected, rejected_by_rule): good holds the typed SCHEMA columns under
+    their output names (strings stripped, int32, float64); rejected holds every raw
+    column of the failing rows, as read, plus `reason`, in the Parquet schema that
+    pandas gives `validate`'s rejected rows.
+    """
+    missing_cols = [c for c in SCHEMA if c not in raw.column_names]
+    if missing_cols:
+        raise ValueError(f"input lacks columns {missing_cols} (has {list(raw.column_names)})")
+    by_rule: dict[str, int] = {}
+    checked = {col: _check_column(raw.column(col), col, rule, by_rule)
+               for col, rule in SCHEMA.items()}
+    bad = np.zeros(raw.num_rows, dtype=bool)
+    for c in checked.values():
+        if c.bad.any():
+            bad |= c.bad[c.indices]
+    ok_rows = np.flatnonzero(~bad)
+    good = pa.table({rule.output: checked[col].typed.take(pa.array(checked[col].indices[ok_rows]))
+                     for col, rule in SCHEMA.items()})
+    bad_rows = np.flatnonzero(bad)
+    rejected = raw.take(pa.array(bad_rows))
+    parts = [c.reason.take(pa.array(c.indices[bad_rows])) for c in checked.values()
+             if c.reason is not None]
+    if not parts:
+        reason = pa.array([""] * len(bad_rows), pa.string())
+    else:
+        reason = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "")
+        reason = pc.utf8_rtrim(reason, characters="; ")
+    names = tuple(raw.column_names)
+    columns = {name: rejected.column(name) for name in names}
+    columns["reason"] = reason
+    schema = _rejected_schema(names)
+    rejected = pa.table([columns[f.name].cast(f.type) for f in schema], schema=schema)
+    return good, rejected, by_rule
+
+
+def transform_arrow(good: pa.Table) -> pa.Table:
+    """`transform` on `validate_arrow`'s good rows, in the Parquet schema pandas gives it."""
+    age = good.column("age").to_numpy()
+    band = np.searchsorted(AGE_BANDS, age, side="left") - 1  # pd.cut: (low, high] bins
+    outside = (band < 0) | (band >= len(AGE_LABELS))
+    age_band = pa.array(AGE_LABELS).take(pa.array(np.where(outside, 0, band), mask=outside))
+    minutes = np.round(good.column("duration_s").to_numpy() / 60, 2)
+    derived = {
+        "age_band": age_band,
+        "call_minutes": pa.array(minutes, pa.float64()),
+        "contacted_before": pc.not_equal(good.column("pdays"), 999),
+        "subscribed": pc.equal(good.column("y"), "yes"),
+    }
+    schema = _clients_schema()
+    columns = [derived[f.name] if f.name in derived else good.column(f.name) for f in schema]
+    return pa.table([c.cast(f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
+def partial_aggregate_arrow(clients: pa.Table) -> pd.DataFrame:
+    """`partial_aggregate` on `transform_arrow`'s table: the same frame (by job, sorted),
+    with int64 sums.
+
+    `call_minutes` holds whole hundredths, so `minutes_sum` is summed exactly, in
+    hundredths, and is the double nearest that sum: the value the pandas path's partial
+    reached the driver with (its float sum, written as JSON with 10 decimals), whatever
+    the order of the rows.
+    """
+    cents = np.rint(clients.column("call_minutes").to_numpy() * 100).astype(np.int64)
+    g = (clients.select(["job", "subscribed", "age"]).append_column("cents", pa.array(cents))
+         .group_by("job").aggregate([("job", "count"), ("subscribed", "sum"), ("age", "sum"),
+                                     ("cents", "sum")]))
+    out = pd.DataFrame({
+        "clients": g.column("job_count").to_numpy().astype("int64"),
+        "subscribed": g.column("subscribed_sum").to_numpy().astype("int64"),
+        "age_sum": g.column("age_sum").to_numpy().astype("int64"),
+        "minutes_sum": g.column("cents_sum").to_numpy() / 100,
+    }, index=pd.Index(g.column("job").to_pylist(), name="job"))
+    return out.sort_index()
+
+
+# The Parquet schemas (types and pandas metadata) of what the pandas path writes, from
+# pandas itself, once per process: the Arrow path writes files that read back the same.
+@functools.cache
+def _clients_schema() -> pa.Schema:
+    empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in OUTPUT_DTYPES.items()})
+    return pa.Schema.from_pandas(empty, preserve_index=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _rejected_schema(names: tuple[str, ...]) -> pa.Schema:
+    # validate: rejected = raw[~ok].astype(str); rejected["reason"] = <object strings>
+    one = pd.DataFrame({n: pd.Series(["x"], dtype=object) for n in names}).astype(str)
+    one["reason"] = pd.Series(["x"], dtype=object)
+    return pa.Schema.from_pandas(one, preserve_index=False)
+
+
 # --------------------------------------------------------------------- on the workers
 def _write_parquet(fs, path: str, df: pd.DataFrame) -> int:
     with fs.open(path, "wb") as f:
@@ -206,9 +402,40 @@ def _write_parquet(fs, path: str, df: pd.DataFrame) -> int:
     return int(fs.size(path))
 
 
+def _write_table(fs, path: str, table: pa.Table) -> int:
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="snappy")  # what pandas' to_parquet calls
+    return int(fs.size(path))
+
+
+def process_split(split: dict[str, Any], *, number: int, date: str,
+                  staging: dict[str, str]) -> dict[str, Any]:
+    """Read, validate, transform and write one part of the drop (a task on a worker);
+    report what happened as an event. Returns the part's stats and partial aggregate."""
+    raw = read_split(split)
+    good, rejected, by_rule = validate_arrow(raw)
+    clients = transform_arrow(good)
+    fs, _ = fsspec.core.url_to_fs(staging["clients"])
+    written = _write_table(fs, f"{staging['clients']}/part-{number:05d}.parquet", clients)
+    if rejected.num_rows:
+        written += _write_table(fs, f"{staging['_rejected']}/part-{number:05d}.parquet", rejected)
+    stats = {"partition": number, "rows_read": raw.num_rows, "rows_rejected": rejected.num_rows,
+             "rows_written": clients.num_rows, "bytes_written": written,
+             "rejected_by_rule": by_rule}
+    daskjob.event("etl.partition", **stats)
+    log.info("partition %d: %d rows read, %d rejected, %d written", number, raw.num_rows,
+             rejected.num_rows, clients.num_rows)
+    agg = partial_aggregate_arrow(clients)
+    del raw, good, rejected, clients
+    _give_memory_back()
+    return {"stats": stats, "agg": agg}
+
+
 def process_partition(raw: pd.DataFrame, *, date: str, staging: dict[str, str],
                       partition_info: dict | None = None) -> pd.DataFrame:
-    """Validate, transform and write one partition; report what happened as an event."""
+    """The pandas path of one partition of `read_raw` (`raw.map_partitions(...)`):
+    validate, transform and write it; report what happened as an event. `run` uses the
+    Arrow path, `process_split`."""
     number = partition_info["number"] if partition_info else 0
     good, rejected, by_rule = validate(raw)
     clients = transform(good)
@@ -290,10 +517,138 @@ def _sniff_sep(fs, path: str) -> str:
 
 
 def read_raw(urls: list[str], kind: str, fs, blocksize: str) -> dd.DataFrame:
+    """The drop as a dask DataFrame of strings (the pandas path; `run` uses `plan_splits`
+    and `read_split`)."""
     if kind == "csv":
         return dd.read_csv(urls, sep=_sniff_sep(fs, urls[0]), dtype=str, keep_default_na=False,
                            blocksize=None if urls[0].endswith((".gz", ".bz2", ".zst")) else blocksize)
     return dd.read_parquet(urls).astype(str)
+
+
+def plan_splits(urls: list[str], kind: str, fs, blocksize: str | int | None) -> list[dict[str, Any]]:
+    """The parts of a drop, one task each, by size: an uncompressed CSV file in equal
+    byte ranges of at most `blocksize` (a worker moves each end to the next line), a
+    compressed one whole, a Parquet file in runs of row groups of about `blocksize`
+    (uncompressed). `blocksize=None`: one part per file."""
+    limit = parse_bytes(blocksize) if isinstance(blocksize, str) else blocksize
+    if limit is not None and limit < 1:
+        raise ValueError(f"blocksize must be positive, got {blocksize!r}")
+    splits: list[dict[str, Any]] = []
+    if kind == "csv":
+        # the first file's header line names the columns of every file (as dd.read_csv)
+        with fs.open(urls[0], "rb", compression="infer") as f:
+            header = f.readline()
+        common = {"kind": "csv", "header": header,
+               "sep": ";" if header.count(b";") > header.count(b",") else ","}
+        for url in urls:
+            if limit is None or url.lower().endswith((".gz", ".bz2", ".zst")):
+                splits.append({**common, "url": url, "offset": 0, "length": None})
+                continue
+            size = fs.size(url)
+            n = max(1, math.ceil(size / limit))
+            step = math.ceil(size / n)
+            splits += [{**common, "url": url, "offset": i * step, "length": step}
+                       for i in range(n)]
+        return splits
+    columns: list[str] | None = None  # the first file's, for every file (as dd.read_parquet)
+    for url in urls:
+        with fs.open(url, "rb") as f:
+            pfile = pq.ParquetFile(f)
+            meta = pfile.metadata
+            if columns is None:
+                columns = _parquet_columns(pfile.schema_arrow)
+        groups: list[list[int]] = [[]]
+        size = 0
+        for i in range(meta.num_row_groups):
+            rg_size = meta.row_group(i).total_byte_size
+            if groups[-1] and limit is not None and size + rg_size > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(i)
+            size += rg_size
+        splits += [{"kind": "parquet", "url": url, "row_groups": g, "columns": columns}
+                   for g in groups]
+    return splits
+
+
+def read_split(split: dict[str, Any]) -> pa.Table:
+    """One part of the drop as an Arrow table of strings: the rows and values that the
+    pandas path (`read_raw`) gives those rows."""
+    fs, path = fsspec.core.url_to_fs(split["url"])
+    if split["kind"] == "parquet":
+        with fs.open(path, "rb") as f:
+            pfile = pq.ParquetFile(f)
+            groups = split["row_groups"]
+            table = (pfile.read_row_groups(groups, use_threads=False) if groups
+                     else pfile.schema_arrow.empty_table())
+        return _strings_from_parquet(table, split["columns"])
+    with fs.open(path, "rb", compression="infer") as f:
+        if split["length"] is None:
+            data = f.read()
+        else:
+            data = read_block(f, split["offset"], split["length"], b"\n")
+    if split["offset"] == 0:  # the file's header line
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    return parse_csv(split["header"], data, split["sep"])
+
+
+def parse_csv(header: bytes, data: bytes, sep: str) -> pa.Table:
+    """CSV lines (`data`, without the header line) as an Arrow table of strings, read as
+    `pd.read_csv(..., sep=sep, dtype=str, keep_default_na=False)` reads header + data."""
+    names = _csv_names(header, sep)
+    try:
+        return pacsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+    except pa.ArrowInvalid:
+        # what pyarrow's parser refuses and pandas reads (short rows, lines of blanks,
+        # no rows at all, ...): pandas, as the pandas path does, so that nothing changes
+        df = pd.read_csv(io.BytesIO(header + data), sep=sep, dtype=str, keep_default_na=False)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        return pa.table([c.cast(pa.string()) for c in table.columns], names=table.column_names)
+
+
+@functools.lru_cache(maxsize=256)
+def _csv_names(header: bytes, sep: str) -> tuple[str, ...]:
+    # pandas' own names for the header (a BOM dropped, duplicates renamed "a.1", ...)
+    return tuple(str(c) for c in pd.read_csv(io.BytesIO(header), sep=sep, dtype=str, nrows=0).columns)
+
+
+def _parquet_columns(schema: pa.Schema) -> list[str]:
+    """The data columns of a Parquet file (not those holding a pandas index)."""
+    index = (schema.pandas_metadata or {}).get("index_columns", [])
+    return [n for n in schema.names if n not in {i for i in index if isinstance(i, str)}]
+
+
+def _strings_from_parquet(table: pa.Table, columns: list[str]) -> pa.Table:
+    """`columns` of a Parquet table as the strings `dd.read_parquet(...).astype(str)`
+    gives: nulls stay null, a column the file lacks is all null; strings and whole
+    numbers in Arrow, anything else through pandas' str(). (Unlike dd.read_parquet, no
+    `date` column from a `date=D/` folder: it is no column of the drop.)"""
+    out: dict[str, Any] = {}
+    through_pandas = []
+    for name in columns:
+        if name not in table.column_names:
+            out[name] = pa.nulls(table.num_rows, pa.string())
+            continue
+        col = table.column(name)
+        t = col.type
+        if pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or
+                                          pa.types.is_large_string(t.value_type)):
+            col = col.cast(t.value_type)
+            t = t.value_type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or \
+                (pa.types.is_integer(t) and col.null_count == 0):  # str(int) is Arrow's cast
+            out[name] = col.cast(pa.string())
+        else:
+            through_pandas.append(name)
+    if through_pandas:  # with the file's pandas metadata, as dask converts it (Int64, ...)
+        df = table.select(through_pandas).to_pandas()
+        for name in through_pandas:
+            out[name] = pa.array(df[name].astype(str), type=pa.string(), from_pandas=True)
+    return pa.table([out[name] for name in columns], names=columns)
 
 
 class Publisher:
@@ -374,23 +729,25 @@ def _swap_dirs(new: str, final: str) -> None:
 
 
 def run(source: str, dest: str, date: str, *, max_reject_ratio: float = 0.05,
-        blocksize: str = "32MB") -> dict[str, Any]:
+        blocksize: str | int | None = "8MB") -> dict[str, Any]:
     """Run the ETL step for one day. Returns the summary (also emitted as `etl.summary`)."""
     dt.date.fromisoformat(date)
     if not 0 <= max_reject_ratio <= 1:
         raise ValueError(f"max_reject_ratio must be within 0..1, got {max_reject_ratio}")
     started = time.time()
     urls, kind, fs = find_inputs(source, date)
+    splits = plan_splits(urls, kind, fs, blocksize)
     publisher = Publisher(dest, date)
     staging = publisher.prepare()
     try:
-        raw = read_raw(urls, kind, fs, blocksize)
-        meta = pd.DataFrame({"stats": pd.Series(dtype=object), "agg": pd.Series(dtype=object)})
-        results = raw.map_partitions(process_partition, date=date, staging=staging,
-                                     meta=meta, enforce_metadata=False).compute()
-        stats = [json.loads(s) for s in results["stats"]]
-        partials = [pd.DataFrame(json.loads(a)) for a in results["agg"]]
-        partials = [p.set_index("job") for p in partials if len(p)]
+        # one task per part, on the job's cluster (the payload's default client)
+        tasks = [dask.delayed(process_split, pure=False)(
+                    split, number=i, date=date, staging=staging,
+                    dask_key_name=f"etl-part-{publisher.token}-{i:05d}")
+                 for i, split in enumerate(splits)]
+        results = dask.compute(*tasks)
+        stats = [r["stats"] for r in results]
+        partials = [r["agg"] for r in results if len(r["agg"])]
         summary = _summarise(stats, date, len(urls))
         if summary["reject_ratio"] > max_reject_ratio:
             tables = {"_rejected": publisher.publish("_rejected", _manifest(summary, started))}
