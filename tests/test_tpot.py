@@ -54,7 +54,7 @@ def breast_cancer_csv(path) -> pd.DataFrame:
 
 class ProcessSampler(threading.Thread):
     """Every 0.2 s: this test process's child processes (recursive, without
-    multiprocessing's resource tracker and zombies), the live Dask schedulers in this
+    multiprocessing's resource tracker and fork server, and zombies), the live Dask schedulers in this
     process, and TPOT's mark on the dask config."""
 
     def __init__(self):
@@ -75,6 +75,8 @@ class ProcessSampler(threading.Thread):
                     cmd = " ".join(p.cmdline())
                     if p.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in cmd:
                         continue
+                    if "multiprocessing.forkserver" in cmd:
+                        continue  # the run's fork server, which the workers come from
                 except psutil.Error:
                     continue
                 kids.append(p)
