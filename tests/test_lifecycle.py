@@ -78,6 +78,26 @@ def test_success_writes_full_record(records):
     assert rec["labels"]["daskjob/run-id"] == rec["run_id"]
 
 
+def test_the_dashboard_link_serves_dasks_dashboard_while_the_run_lasts(records):
+    import urllib.request
+
+    def payload(client):
+        client.submit(sum, [1, 2]).result()
+        pages = {}
+        for page in ("status", "workers"):
+            url = client.dashboard_link.replace("/status", f"/{page}")
+            with urllib.request.urlopen(url, timeout=60) as response:
+                body = response.read().decode()
+                pages[page] = (response.status, response.url, "Bokeh" in body)
+        return client.dashboard_link, pages
+
+    result = run_job(spec(records, payload))
+    link, pages = result.value
+    assert link == result.record["dashboard_link"]
+    for page, (status, url, bokeh) in pages.items():
+        assert status == 200 and url.endswith(f"/{page}") and bokeh, (page, status, url)
+
+
 def test_payload_raises_on_worker(records):
     with pytest.raises(JobFailed) as info:
         run_job(spec(records, "jobs:raises_on_worker"))

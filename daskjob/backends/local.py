@@ -24,6 +24,7 @@ from ..groups import GroupPlan
 from .base import Backend, ClusterContext, ClusterHandle
 from .common import BackendOptions
 from .adaptive import GroupAdaptive
+from .local_dashboard import SCHEDULER_KWARGS as LAZY_DASHBOARD, serve_on_first_visit
 from .local_fork import RunForkContext, drop_matching, forking_from, worker_process_env
 from .local_groups import GroupedLocalCluster
 
@@ -305,7 +306,10 @@ class LocalBackend(Backend):
 
 def _local_cluster(spec: "ClusterSpec", ctx: ClusterContext, nanny_class: type[RecordingNanny],
                    worker_config: dict, options: dict[str, Any], tls: bool) -> GroupedLocalCluster:
-    return GroupedLocalCluster(
+    # the dashboard loads on its first visit (local_dashboard.py), unless asked otherwise
+    scheduler_kwargs = {**(LAZY_DASHBOARD if spec.dashboard else {}),
+                        **(options.pop("scheduler_kwargs", None) or {})}
+    cluster = GroupedLocalCluster(
         n_workers=0,
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_bytes if spec.memory_bytes else "auto",
@@ -322,8 +326,12 @@ def _local_cluster(spec: "ClusterSpec", ctx: ClusterContext, nanny_class: type[R
         # loopback only, so plain TCP unless asked: then a key pair made for this run
         security=Security.temporary() if tls else None,
         **({"resources": dict(spec.resources)} if spec.resources else {}),
+        scheduler_kwargs=scheduler_kwargs,
         **options,
     )
+    if spec.dashboard and scheduler_kwargs.get("dashboard") is False:
+        serve_on_first_visit(cluster.scheduler, scheduler_kwargs.get("http_prefix") or "/")
+    return cluster
 
 
 def _group_worker_spec(default: dict, plan: GroupPlan) -> dict:
