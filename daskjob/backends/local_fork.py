@@ -31,7 +31,9 @@ import fnmatch
 import multiprocessing.context
 import multiprocessing.forkserver as stdlib_forkserver
 import os
+import signal
 import threading
+import time
 import weakref
 from multiprocessing import popen_forkserver, resource_tracker
 from typing import Any, Iterator, Mapping
@@ -77,6 +79,7 @@ class RunForkContext(multiprocessing.context.ForkServerContext):
         self.server.set_forkserver_preload(PRELOAD)
         self._env = dict(env)
         self._drop = list(drop)
+        self._stopped = False
 
     def Process(self, *args: Any, **kwargs: Any) -> RunForkProcess:  # type: ignore[override]
         self.start()
@@ -87,6 +90,8 @@ class RunForkContext(multiprocessing.context.ForkServerContext):
     def start(self) -> None:
         """Start the server, if not yet: with the run's environment, and without
         waiting for its imports (its first fork waits for them)."""
+        if self._stopped:
+            raise RuntimeError("the run's fork server is stopped: the run is over")
         if self.server._forkserver_pid is not None:
             return
         # the driver's, shared by every run (stopped with the driver): not labelled as
@@ -99,18 +104,18 @@ class RunForkContext(multiprocessing.context.ForkServerContext):
     def pid(self) -> int | None:
         return self.server._forkserver_pid
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
         """Stop the server (its forked workers are the nannies' to stop)."""
         # not ForkServer._stop: teardown may have killed and reaped the server already,
         # and a second stop must still succeed
+        self._stopped = True
         server = self.server
         with server._lock:
             if server._forkserver_alive_fd is not None:
-                os.close(server._forkserver_alive_fd)  # the server exits at EOF
+                os.close(server._forkserver_alive_fd)  # the server exits at EOF...
                 server._forkserver_alive_fd = None
             if server._forkserver_pid is not None:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(server._forkserver_pid, 0)
+                _reap(server._forkserver_pid, grace)  # ...once its imports are done
                 server._forkserver_pid = None
             address, server._forkserver_address = server._forkserver_address, None
             if isinstance(address, str) and not address.startswith("\0"):
@@ -125,6 +130,20 @@ def drop_matching(environ: Any, patterns: list[str]) -> dict[str, str]:
         if any(fnmatch.fnmatchcase(name, p) for p in patterns):
             dropped[name] = environ.pop(name)
     return dropped
+
+
+def _reap(pid: int, grace: float) -> None:
+    """Wait for our child `pid` to exit, killing it after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.02)
+    except (ChildProcessError, ProcessLookupError):
+        pass  # reaped already (teardown kills what a failed close leaves)
 
 
 @contextlib.contextmanager
