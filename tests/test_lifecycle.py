@@ -452,7 +452,8 @@ def test_worker_processes_carry_the_run_labels_where_the_reaper_reads_them(
     def payload(client):
         def on_worker():
             me = psutil.Process()
-            return {"pid": me.pid, "environ": me.environ(), "os.environ": dict(os.environ)}
+            return {"pid": me.pid, "environ": me.environ(), "os.environ": dict(os.environ),
+                    "cmdline": " ".join(me.cmdline())}
         return client.run(on_worker)
 
     result = run_job(spec(records, payload, cluster={
@@ -472,6 +473,7 @@ def test_worker_processes_carry_the_run_labels_where_the_reaper_reads_them(
             assert env["SET_JUST_BEFORE"] == "seen"
             assert "SECRET_TOKEN" not in env
         assert seen["os.environ"]["MY_FLAG"] == "1"
+        assert seen["cmdline"].startswith("dask worker [")  # as `ps` shows Dask's workers
         assert not psutil.pid_exists(seen["pid"])  # and stopped at teardown
     assert os.environ["SECRET_TOKEN"] == "do-not-leak"  # the driver's own is untouched
 

@@ -166,10 +166,14 @@ def _environ(env: Mapping[str, str], drop: list[str]) -> Iterator[None]:
 def worker_process_env(worker_env: Mapping[str, str]) -> dict[str, str]:
     """What a forked worker needs in its environment from the start: the run's and
     Dask's pre-spawn variables (distributed sets those in the parent, before spawning,
-    which a fork server's children would miss)."""
+    which a fork server's children would miss), and the mark that lets it set its
+    process title."""
     pre_spawn = distributed.nanny._get_env_variables("distributed.nanny.pre-spawn-environ")
     if pre_spawn.get("PYTHONHASHSEED") in (None, "0"):
         pre_spawn["PYTHONHASHSEED"] = "6640"  # as Nanny does: workers' hashes must agree
+    # what distributed.proctitle.enable_proctitle_on_children sets in the parent: workers
+    # then call themselves "dask worker [address]" in ps and /proc/PID/cmdline
+    pre_spawn["__DASK_PARENT_PID"] = str(os.getpid())
     return {**pre_spawn, **worker_env}
 
 
