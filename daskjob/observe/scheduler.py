@@ -98,6 +98,11 @@ class FirehosePlugin(SchedulerPlugin):
                 if isinstance(one, dict) and worker is not None:
                     one["worker"] = worker
                 self._forward(one_topic, one, ts)
+            # the scheduler keeps the last events of each topic, and these hold many:
+            # forwarded, they need not stay in the driver's memory
+            broker = getattr(self.scheduler, "_broker", None)
+            if broker is not None:
+                broker.truncate(BATCH_TOPIC)
             return
         self._forward(topic, msg, time.time())
 
