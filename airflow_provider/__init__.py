@@ -35,5 +35,8 @@ def get_provider_info() -> dict:
         "task-decorators": [{"name": "dask",
                              "class-name": "airflow_provider.decorators.dask.dask_task"}],
         "extra-links": ["airflow_provider.links.DaskDashboardLink",
-                        "airflow_provider.links.DaskRunRecordLink"],
+                        "airflow_provider.links.DaskRunReportLink"],
+        # the api-server serves each task's run report (airflow_provider/plugins)
+        "plugins": [{"name": "daskjob",
+                     "plugin-class": "airflow_provider.plugins.daskjob.DaskjobPlugin"}],
     }

@@ -1,4 +1,4 @@
-"""`daskjob run JOB.yaml`, `daskjob show RECORD`, `daskjob reap`."""
+"""`daskjob run JOB.yaml`, `daskjob show RECORD`, `daskjob report RUN`, `daskjob reap`."""
 
 from __future__ import annotations
 
@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quiet", "-q", action="store_true", help="no live events or progress bar")
     r.set_defaults(fn=cmd_run)
     show.add_parser(sub)
+    from .report.command import add_parser as add_report_parser
+    add_report_parser(sub)
     k = sub.add_parser("reap", help="stop clusters and processes left behind by killed runs")
     k.add_argument("--older-than", metavar="AGE",
                    help="only runs started at least this long ago (e.g. 1h); a run whose "

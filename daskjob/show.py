@@ -80,17 +80,24 @@ def _default_record_dir() -> str:
 def _one_run(target: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """The run `target` names (a run folder, or a run id under the record dir); None
     when `target` is a record dir."""
+    location = find_run(target, args.record_dir or _default_record_dir())
+    return None if location is None else read_record(location)
+
+
+def find_run(target: str, record_dir: str) -> str | None:
+    """Where the run `target` names is: `target` itself when it is a run folder (path or
+    fsspec URL), the run of that id under `record_dir`; None when `target` is a record
+    dir. FileNotFoundError when it is none of these."""
     import fsspec
     fs, root = fsspec.core.url_to_fs(target)
     if fs.exists(f"{root.rstrip('/')}/record.json"):
-        return read_record(target)
+        return target
     if fs.isdir(root):
         return None
-    record_dir = args.record_dir or _default_record_dir()
     candidate = f"{record_dir.rstrip('/')}/{target}"
     fs, root = fsspec.core.url_to_fs(candidate)
     if "/" not in target and fs.exists(f"{root}/record.json"):
-        return read_record(candidate)
+        return candidate
     raise FileNotFoundError(f"no run {target!r}: not a run folder, not a record dir, and no "
                             f"run of that id in {record_dir} (--record-dir sets where to look)")
 

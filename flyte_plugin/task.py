@@ -150,9 +150,9 @@ class DaskJobTask(PythonFunctionTask[DaskJob]):
         try:
             page = deck_page.render(record)
             flytekit.Deck(deck_page.DECK_NAME, page)
-            copy = deck_page.save_copy(record, page)
+            copy = deck_page.save_copy(record)
             if copy:
-                log.info("daskjob deck: %s", copy)
+                log.info("daskjob run report: %s", copy)
         except Exception:  # a deck must never hide the run's own outcome
             log.warning("could not build the daskjob deck for %s", record.get("run_id"),
                         exc_info=True)

@@ -157,3 +157,19 @@ def plain_tcp_is_refused():
             attempts[name] = f"refused: {type(e).__name__}"
     return {"address": address, "attempts": attempts,
             "workers": sorted(client.scheduler_info()["workers"])}
+
+
+def _check_partition(i):
+    logging.getLogger("user.partitions").warning("partition %s has a bad checksum", i)
+    daskjob.event("partition.checked", partition=i, ok=i != 3)
+    if i == 3:
+        raise ValueError(f"partition {i} is corrupt")
+    return i
+
+
+def checks_partitions_then_fails(partitions: int = 4):
+    """What a run report should make plain: a user event, a worker log line, and the
+    worker-side exception that failed the run."""
+    client = get_client()
+    daskjob.event("partition.plan", partitions=partitions)
+    return sum(client.gather(client.map(_check_partition, range(partitions))))

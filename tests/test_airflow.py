@@ -88,7 +88,7 @@ def test_provider_info_is_valid_and_registered():
     assert "daskjob" in pm.providers
     assert "dask" in pm.hooks
     assert "airflow_provider.links.DaskDashboardLink" in pm.extra_links_class_names
-    assert "airflow_provider.links.DaskRunRecordLink" in pm.extra_links_class_names
+    assert "airflow_provider.links.DaskRunReportLink" in pm.extra_links_class_names
     from airflow.sdk import task
     from airflow_provider.decorators.dask import dask_task
     assert task.dask is dask_task

@@ -122,18 +122,26 @@ def test_nightly_launch_plan_runs_locally_with_deck_and_live_logs(flyte_dirs, fl
     assert first(lambda line: line.startswith("[worker-0] ")) < finished
     assert first(lambda line: line.startswith("dask event etl.partition")) < finished
 
-    # the deck file flytekit wrote holds ours: events table, timeline, logs, report
+    # the deck file flytekit wrote holds ours: the run report, with the performance
+    # report it asked for carried inside
     (deck,) = deck_files(flytekit_log)
-    page = open(deck, encoding="utf-8").read()
-    assert 'id="daskjob-events"' in page
-    events = page.split('id="daskjob-events"', 1)[1].split("</table>", 1)[0]
-    assert "etl.partition" in events and "payload started" in events
-    assert 'id="daskjob-phases"' in page and ">teardown<" in page
-    assert 'id="daskjob-logs"' in page and "worker-0.log" in page
-    assert 'id="daskjob-report"' in page  # the performance report it asked for
-    # and a copy next to the record
-    copy = open(os.path.join(rec["record_path"], "deck.html"), encoding="utf-8").read()
-    assert 'id="daskjob-events"' in copy
+    report = embedded_report(open(deck, encoding="utf-8").read())
+    assert 'id="dj-events"' in report and 'id="dj-logs"' in report
+    assert "etl.partition" in report and "payload started" in report
+    assert 'id="dj-phases"' in report and ">teardown<" in report
+    assert "worker-0.log" in report
+    assert 'id="dj-perf"' in report
+    # and the report next to the record
+    copy = open(os.path.join(rec["record_path"], "run-report.html"), encoding="utf-8").read()
+    assert "etl.partition" in copy and 'id="dj-events"' in copy
+
+
+def embedded_report(deck_page: str) -> str:
+    """The run report a deck holds in its iframe."""
+    import html
+    match = re.search(r'<iframe id="daskjob-run-report"[^>]*srcdoc="([^"]*)"', deck_page)
+    assert match, deck_page[:2000]
+    return html.unescape(match.group(1))
 
 
 @pytest.mark.timeout(300)  # above the run's own bound; TPOT imports are slow on a busy machine
@@ -334,9 +342,9 @@ def test_failure_carries_the_worker_traceback(flyte_dirs):
     (rec,) = records(runs)
     assert rec["status"] == "failed" and rec["teardown"]["cluster"] == "closed"
     assert info.value.record["run_id"] == rec["run_id"]
-    # flytekit writes no deck for a task that raised; the record keeps ours
-    deck = open(os.path.join(rec["record_path"], "deck.html"), encoding="utf-8").read()
-    assert "bad row 7 on the worker" in deck and 'id="daskjob-events"' in deck
+    # flytekit writes no deck for a task that raised; the record keeps the report
+    report = open(os.path.join(rec["record_path"], "run-report.html"), encoding="utf-8").read()
+    assert "bad row 7 on the worker" in report and 'id="dj-error"' in report
 
 
 def test_timeout_ends_the_task_promptly(flyte_dirs):

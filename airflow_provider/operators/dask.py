@@ -39,7 +39,7 @@ from daskjob.frontend import (group_summary, job_name, log_user_event, run_logs_
 from daskjob.observe import LIFECYCLE_TOPIC
 from daskjob.lifecycle import write_rejected_record
 
-from ..links import RECORD_XCOM_KEY, DaskDashboardLink, DaskRunRecordLink
+from ..links import RECORD_XCOM_KEY, DaskDashboardLink, DaskRunReportLink
 
 # Variables of the Airflow task process that must not reach Dask workers: the task
 # runner sets AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow-db-not-allowed:///, and a
@@ -66,7 +66,7 @@ class DaskOperator(BaseOperator):
     template_fields: Sequence[str] = ("op_kwargs", "record_dir")
     template_fields_renderers = {"op_kwargs": "py"}
     ui_color = "#fdb863"
-    operator_extra_links = (DaskDashboardLink(), DaskRunRecordLink())
+    operator_extra_links = (DaskDashboardLink(), DaskRunReportLink())
 
     def __init__(self, *, payload: str | Callable[..., Any] | None = None,
                  op_kwargs: dict[str, Any] | None = None,

@@ -17,7 +17,7 @@ from ..deadline import POLL, call_with_deadline
 from ..errors import JobFailed, StartupFailed
 from ..observe.collector import Collector
 from ..observe.events import FIREHOSE_TOPIC, marked
-from ..observe.scheduler import FirehosePlugin
+from ..observe.scheduler import FirehosePlugin, firehose_name
 from ..observe.worker import WorkerObserver
 from ..payload import ResolvedPayload, module_source
 from .outcome import one_line
@@ -69,7 +69,7 @@ def attach_observers(client: Client, run_id: str, payload: ResolvedPayload, back
     ship = module_source(payload.module) if (
         payload.module and payload.importable_by_name and not shared) else {}
     client.subscribe_topic(FIREHOSE_TOPIC, collector.on_firehose)
-    client.register_plugin(FirehosePlugin(client.id, name=f"daskjob-firehose-{run_id}",
+    client.register_plugin(FirehosePlugin(client.id, name=firehose_name(run_id),
                                           modules=ship))
     client.register_plugin(WorkerObserver(
         run_id, drop_env=ctx.drop_env, sys_path=payload.worker_sys_path if shared else [],
@@ -82,7 +82,7 @@ def detach_observers(client: Client, run_id: str) -> None:
     """A borrowed cluster keeps running: take the run's plugins back off it."""
     if client.status == "running":
         client.unregister_worker_plugin(f"daskjob-observer-{run_id}")
-        client.unregister_scheduler_plugin(f"daskjob-firehose-{run_id}")
+        client.unregister_scheduler_plugin(firehose_name(run_id))
 
 
 def wait_for_workers(client: Client, n: int, deadline: float, check: Callable[[], None],

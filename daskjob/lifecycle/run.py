@@ -122,9 +122,9 @@ class JobRun:
         client = self._client
         if client is None or client.status != "running":
             return None
-        from ..observe.scheduler import task_progress
+        from ..observe.scheduler import firehose_name, task_progress
         try:
-            return client.run_on_scheduler(task_progress, plugin=f"daskjob-firehose-{self.run_id}")
+            return client.run_on_scheduler(task_progress, plugin=firehose_name(self.run_id))
         except Exception:  # a progress bar's question: no answer is an answer
             return None
 

@@ -14,6 +14,7 @@ from distributed import Client
 from ..backends import Backend, ClusterHandle
 from ..observe.collector import Collector
 from ..observe.events import marked
+from ..observe.scheduler import firehose_name, task_progress
 from ..observe.worker import emit_barrier
 from ..record import RecordDir
 from .outcome import one_line
@@ -36,12 +37,21 @@ def snapshot(record: dict[str, Any], collector: Collector, logs_dir: str,
     if client is not None and client.status == "running":
         try:
             _barrier(client, collector, record)
+            _final_progress(client, collector, record)
             with open(os.path.join(logs_dir, "scheduler.log"), "w") as f:
                 for _level, line in client.get_scheduler_logs(n=100_000):
                     f.write(f"{line}\n")
         except Exception as e:
             record["snapshot_warning"] = f"snapshot incomplete: {one_line(e)}"
     collector.flush()
+
+
+def _final_progress(client: Client, collector: Collector, record: dict[str, Any]) -> None:
+    """The task counters as the payload left them: the last point of the report's
+    progress chart (the scheduler sends them only once a second)."""
+    counts = client.run_on_scheduler(task_progress, plugin=firehose_name(collector.run_id))
+    record["tasks"] = counts
+    collector.progress(counts)
 
 
 def _barrier(client: Client, collector: Collector, record: dict[str, Any]) -> None:

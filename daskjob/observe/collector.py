@@ -14,7 +14,8 @@ from collections import defaultdict, deque
 from typing import Any, Callable
 
 from ..dask_logs import is_dask_logger
-from .events import BARRIER_TOPIC, LIFECYCLE_TOPIC, LOG_TOPIC, display_name, jsonable, marked
+from .events import (BARRIER_TOPIC, LIFECYCLE_TOPIC, LOG_TOPIC, PROGRESS_TOPIC, display_name,
+                     jsonable, marked)
 from .usage import Usage
 
 _FLUSH = "daskjob.internal.flush"
@@ -66,6 +67,10 @@ class Collector:
     def lifecycle(self, what: str, **data: Any) -> None:
         """An event from the driver itself (provisioned, payload started, ...)."""
         self._q.put((time.time(), LIFECYCLE_TOPIC, {"event": what, **jsonable(data)}, "driver"))
+
+    def progress(self, counts: dict[str, int]) -> None:
+        """Task counters read by the driver (the last ones, before teardown)."""
+        self._q.put((time.time(), PROGRESS_TOPIC, jsonable(counts), None))
 
     def driver_log(self, source: str, line: str, level: str = "INFO") -> None:
         """A log line produced on the driver side (e.g. a script payload's output)."""

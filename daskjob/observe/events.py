@@ -23,6 +23,8 @@ BATCH_TOPIC = "daskjob.batch"
 # the Worker attribute holding the run's EventBuffer, once the run's plugin set it up
 BUFFER_ATTR = "daskjob_event_buffer"
 LIFECYCLE_TOPIC = "daskjob.lifecycle"
+# the scheduler's task counters {added, done, erred}, each time they changed
+PROGRESS_TOPIC = "daskjob.progress"
 _FLUSH = "daskjob.internal.flush"
 ADDRESS_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
 

@@ -20,7 +20,16 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from ..payload import recreate_module
-from .events import ADDRESS_PREFIXES, BATCH_TOPIC, FIREHOSE_TOPIC
+from .events import ADDRESS_PREFIXES, BATCH_TOPIC, FIREHOSE_TOPIC, PROGRESS_TOPIC
+
+# how often the task counters go to the run's record (only when they changed)
+PROGRESS_INTERVAL_MS = 1000
+
+
+def firehose_name(run_id: str) -> str:
+    """The scheduler plugin's name for one run."""
+    return f"daskjob-firehose-{run_id}"
+
 
 def task_progress(dask_scheduler=None, plugin: str = "") -> dict[str, int]:
     """Run on the scheduler: the firehose plugin's task counters."""
@@ -53,8 +62,10 @@ class FirehosePlugin(SchedulerPlugin):
         self.modules = dict(modules or {})
         self.names: dict[str, str] = {}
         self._pending: list[tuple[float, str, Any, str | None]] = []
-        # task progress for the CLI's progress bar
+        # task progress for the CLI's progress bar, and over time for the run report
         self.progress = {"added": 0, "done": 0, "erred": 0}
+        self._progress_sent = dict(self.progress)
+        self._progress_timer = None
 
     def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
         if start == "released" and finish in ("waiting", "queued", "processing", "no-worker"):
@@ -72,6 +83,18 @@ class FirehosePlugin(SchedulerPlugin):
             self.names[addr] = str(ws.name)
         scheduler.handlers["daskjob_group_demand"] = (
             lambda comm=None, resources=(): group_demand(scheduler, list(resources)))
+        from tornado.ioloop import PeriodicCallback
+        self._progress_timer = PeriodicCallback(self._send_progress, PROGRESS_INTERVAL_MS)
+        self._progress_timer.start()
+
+    async def close(self) -> None:
+        if self._progress_timer is not None:
+            self._progress_timer.stop()
+
+    def _send_progress(self) -> None:
+        if self.progress != self._progress_sent:
+            self._progress_sent = dict(self.progress)
+            self._send(PROGRESS_TOPIC, dict(self.progress), None)
 
     def add_worker(self, scheduler, worker: str) -> None:
         # the scheduler logs "add-worker" before the worker is registered, so the name is

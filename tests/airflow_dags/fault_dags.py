@@ -44,3 +44,8 @@ with _dag("dask_killed"):
     # set to failed from outside while it runs (the kill test): the run must be cancelled
     DaskOperator(task_id="job", payload="jobs:sleeps", op_kwargs={"seconds": 300},
                  cluster=ONE_WORKER, record_dir=RECORDS, retries=0)
+
+with _dag("dask_report"):
+    # a run whose report has something to show: events, worker logs, a worker-side error
+    DaskOperator(task_id="check", payload="jobs:checks_partitions_then_fails",
+                 cluster={"n_workers": 2}, record_dir=RECORDS, retries=0)
