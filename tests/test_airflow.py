@@ -502,3 +502,99 @@ def test_marking_a_running_task_failed_cancels_the_run(execution_api):
         log = f.read()
     assert "Server indicated the task shouldn't be running anymore" in log
     assert log.index("shouldn't be running") < log.index("task killed: cancelling daskjob run")
+
+
+# ----------------------------------------------------------------------- run report
+@pytest.fixture(scope="module")
+def airflow_ui():
+    """The whole api-server (UI, public API, execution API, plugins) on loopback, with
+    Airflow's simple auth manager and one user: what a team runs."""
+    import time
+    import urllib.request
+    port = _free_port()
+    passwords = os.path.join(AIRFLOW_HOME, "passwords.json")
+    with open(passwords, "w") as f:
+        json.dump({"reporter": "report-pass"}, f)
+    env = {**os.environ, **ENV, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "reporter:viewer",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": passwords}
+    log = tempfile.TemporaryFile("w+")
+    # started outside the source tree: there, `python -m` would also see the tree's own
+    # egg-info and load the provider's entry points twice
+    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1",
+                               "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=log,
+                              cwd=AIRFLOW_HOME, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError("the api-server did not come up:\n" + log.read()[-3000:])
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+def _http(url: str, token: str | None = None, data: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = None
+    if data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers),
+                                    timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.timeout(420)  # the api-server's start and a DAG run on a busy machine
+def test_run_report_in_the_airflow_ui(airflow_ui, tmp_path):
+    """A DaskOperator task fails on a worker under the real task runner; its "Dask run
+    report" link opens, for a logged-in user only, the report served by the provider's
+    plugin on the api-server."""
+    from browser import open_page
+    dr = run_with_local_executor(airflow_ui + "/execution/", FAULT_DAGS, "dask_report")
+    assert dr["state"] == "failed"
+    values = xcoms("dask_report", dr["run_id"])
+    link = values[("check", "_link_DaskRunReportLink")]
+    assert link.startswith("/daskjob/runs/dask_report/") and link.endswith("/check"), link
+    # the dashboard went with the cluster: so did its link
+    assert not values.get(("check", "_link_DaskDashboardLink"))
+
+    # nobody logged in: refused, and nothing of the run in the answer
+    status, body = _http(airflow_ui + link)
+    assert status == 401 and "partition" not in body, (status, body[:1000])
+    assert _http(airflow_ui + link, token="not-a-token")[0] in (401, 403)
+    status, body = _http(airflow_ui + "/auth/token",
+                         data={"username": "reporter", "password": "report-pass"})
+    assert status == 201, body
+    token = json.loads(body)["access_token"]
+
+    # the browser carries the UI's session cookie, as after logging in
+    cookie = [{"name": "_token", "value": token, "url": airflow_ui}]
+    with open_page(airflow_ui + link, str(tmp_path / "airflow-report.png"), cookies=cookie) as shown:
+        text = shown.text
+        head = text.split("Phases", 1)[0]
+        assert "failed" in head and "ValueError: partition 3 is corrupt" in head
+        assert "airflow/dag_id" in head and "dask_report" in head
+        for phase in ("provision", "workers", "payload", "snapshot", "teardown"):
+            assert phase in text
+        shown.page.locator('input[type="search"]').nth(0).fill("partition.checked")
+        assert "partition.checked" in shown.page.locator("table.rows").nth(0).inner_text()
+        shown.page.locator('input[type="search"]').nth(2).fill("bad checksum")
+        assert "partition 3 has a bad checksum" in shown.page.locator("table.rows").nth(2).inner_text()
+        # the run's files come through the plugin too, with the same login
+        with shown.page.expect_navigation():
+            shown.page.get_by_role("link", name="logs/worker-0.log").click()
+        assert "distributed.worker" in shown.page.inner_text("body")
+    assert os.path.getsize(tmp_path / "airflow-report.png") > 10_000
