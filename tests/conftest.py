@@ -4,6 +4,7 @@ daskjob run, no listening port of ours left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -168,3 +169,34 @@ def wait_for_event(records, what: str, timeout: float = 90, proc=None) -> str:
                 return os.path.join(records, run)
         time.sleep(0.2)
     raise AssertionError(f"no {what!r} event within {timeout}s")
+
+
+@contextlib.contextmanager
+def airflow_api_server(command: list[str], env: dict[str, str], health_url: str, *,
+                       cwd: str | None = None, timeout: float = 180.0):
+    """A real Airflow api-server on loopback for the block (its process group is stopped
+    after). Fails with the server's own output when it does not come up."""
+    import signal
+    import subprocess
+    import tempfile
+    import urllib.request
+    log = tempfile.TemporaryFile("w+")
+    server = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=log,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(health_url, timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"the api-server did not come up:\n{log.read()[-3000:]}")
+                time.sleep(1)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, airflow_api_server
 
 # Airflow reads its home and config when first imported: set them before that happens
 AIRFLOW_HOME = tempfile.mkdtemp(prefix="daskjob-airflow-")
@@ -271,28 +271,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def _execution_api_server():
     """A real Airflow api-server (execution API only) on loopback, for LocalExecutor."""
-    import time
-    import urllib.request
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--apps", "execution",
-                               "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
-                              env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/execution/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("the execution API server did not come up")
-                time.sleep(1)
+    with airflow_api_server([sys.executable, "-m", "airflow", "api-server", "--apps", "execution",
+                             "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+                            {**os.environ, **ENV}, url + "health", timeout=120):
         yield url
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
 
 
 @pytest.fixture
@@ -509,36 +493,19 @@ def test_marking_a_running_task_failed_cancels_the_run(execution_api):
 def airflow_ui():
     """The whole api-server (UI, public API, execution API, plugins) on loopback, with
     Airflow's simple auth manager and one user: what a team runs."""
-    import time
-    import urllib.request
     port = _free_port()
     passwords = os.path.join(AIRFLOW_HOME, "passwords.json")
     with open(passwords, "w") as f:
         json.dump({"reporter": "report-pass"}, f)
     env = {**os.environ, **ENV, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "reporter:viewer",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": passwords}
-    log = tempfile.TemporaryFile("w+")
+    base = f"http://127.0.0.1:{port}"
     # started outside the source tree: there, `python -m` would also see the tree's own
     # egg-info and load the provider's entry points twice
-    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1",
-                               "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=log,
-                              cwd=AIRFLOW_HOME, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(base + "/api/v2/monitor/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError("the api-server did not come up:\n" + log.read()[-3000:])
-                time.sleep(1)
+    with airflow_api_server([sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1",
+                             "-p", str(port), "-w", "1"], env, base + "/api/v2/monitor/health",
+                            cwd=AIRFLOW_HOME):
         yield base
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
 
 
 def _http(url: str, token: str | None = None, data: dict | None = None) -> tuple[int, str]:

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import psutil
 import pytest
 
-from conftest import REPO, wait_until_clean
+from conftest import REPO, airflow_api_server, wait_until_clean
 
 pytest.importorskip("airflow")
 
@@ -256,25 +255,11 @@ def _free_port() -> int:
 def execution_api(home):
     """A real Airflow api-server (execution API) on loopback, for LocalExecutor."""
     port = _free_port()
-    server = subprocess.Popen(AIRFLOW + ["api-server", "--apps", "execution", "-H", "127.0.0.1",
-                                         "-p", str(port), "-w", "1"],
-                              env=home.env, cwd=home.cwd, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/execution/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, \
-                    "the execution API server did not come up"
-                time.sleep(1)
+    with airflow_api_server(AIRFLOW + ["api-server", "--apps", "execution", "-H", "127.0.0.1",
+                                       "-p", str(port), "-w", "1"],
+                            home.env, url + "health", cwd=home.cwd, timeout=120):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
 
 
 def test_mapped_dask_tasks_under_the_real_task_runner(home, execution_api):

@@ -3,6 +3,7 @@ load, extra groups with Dask resources, and what the workers cost in resource ti
 
 from __future__ import annotations
 
+import json
 import psutil
 import pytest
 
@@ -177,7 +178,7 @@ def test_cancel_while_a_scale_up_is_in_flight_leaves_nothing(records):
     # the leak check (no_leaks) then finds no worker process, started or starting
 
 
-def test_the_same_keys_from_an_airflow_connection_and_in_the_run_summaries():
+def test_the_same_keys_from_an_airflow_connection_and_in_the_run_summaries(tmp_path):
     pytest.importorskip("airflow")
     from airflow_provider.hooks.dask import cluster_spec_from_connection
 
@@ -200,6 +201,8 @@ def test_the_same_keys_from_an_airflow_connection_and_in_the_run_summaries():
     assert "7.0 worker-s, 7.0 core-s, 7.0 GiB-s" in line and "default: peak 3" in line
     assert "timeline" not in group_summary(record)["default"]
     assert "used: not recorded" in summary_line({"run_id": "old", "status": "succeeded"})
-    pytest.importorskip("flytekit")
-    from flyte_plugin.deck import summary_html
-    assert "resources used" in summary_html(record) and "7.0 GiB-s" in summary_html(record)
+    # the run report (the Flyte Deck, `daskjob report`, the Airflow plugin's page)
+    from daskjob.report import render_report
+    (tmp_path / "record.json").write_text(json.dumps({**record, "record_path": str(tmp_path)}))
+    page = render_report(str(tmp_path))
+    assert "resources used" in page and "7.0 GiB-s" in page

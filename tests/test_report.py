@@ -135,3 +135,17 @@ def test_dashboard_link_only_while_the_run_lives(tmp_path):
     assert "http://127.0.0.1:8787/status" in render_report(str(run_dir))
     (run_dir / "record.json").write_text(json.dumps({**record, "status": "succeeded"}))
     assert "http://127.0.0.1:8787/status" not in render_report(str(run_dir))
+
+
+def test_a_worker_that_died_is_marked_on_the_workers_chart(tmp_path, records):
+    job = tmp_path / "kill.yaml"
+    job.write_text(json.dumps({"name": "survivor", "payload": "jobs:survives_worker_kill",
+                               "params": {"marker": str(tmp_path / "killed-once")},
+                               "record_dir": str(records), "cluster": {"n_workers": 2}}))
+    run_cli("run", str(job), "-q")
+    out = run_cli("report", only_run(records))
+    with open_page("file://" + out.stdout.strip(), str(tmp_path / "died.png")) as shown:
+        workers = shown.page.locator("#dj-workers")
+        assert "worker died: worker-" in workers.inner_text()
+        assert workers.locator("svg line.marker").count() >= 1
+        assert "succeeded" in shown.text.split("Phases", 1)[0]

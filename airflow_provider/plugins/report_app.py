@@ -43,14 +43,14 @@ def create_app() -> FastAPI:
             return base + quote(name) + suffix
 
         from daskjob.report import render_report
-        page = await run_in_threadpool(render_report, location, link=link)
+        page = await run_in_threadpool(readable, render_report, location, link=link)
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @app.get("/runs/{dag_id}/{run_id}/{task_id}/files/{name:path}", dependencies=[can_read_logs])
     async def run_file(dag_id: str, run_id: str, task_id: str, name: str,
                        map_index: int = -1) -> Response:
         location = await run_in_threadpool(record_location, dag_id, run_id, task_id, map_index)
-        data = await run_in_threadpool(read_run_file, location, name)
+        data = await run_in_threadpool(readable, read_run_file, location, name)
         suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
         return Response(data, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
                         headers={"Cache-Control": "no-store"})
@@ -75,6 +75,17 @@ def record_location(dag_id: str, run_id: str, task_id: str, map_index: int) -> s
         raise HTTPException(404, f"no daskjob run recorded for {dag_id}/{run_id}/{task_id}"
                                  + (f"[{map_index}]" if map_index >= 0 else ""))
     return path
+
+
+def readable(read, location: str, *args, **kwargs):
+    """`read(location, ...)`, with a record the api-server cannot read said plainly."""
+    try:
+        return read(location, *args, **kwargs)
+    except FileNotFoundError as e:
+        raise HTTPException(404, f"the run record is not there, seen from the api-server: {e}") from None
+    except (ImportError, ValueError, OSError) as e:  # no fsspec driver, no credentials, ...
+        raise HTTPException(502, f"the api-server cannot read the run record at {location}: "
+                                 f"{type(e).__name__}: {e}") from None
 
 
 def read_run_file(location: str, name: str) -> bytes:

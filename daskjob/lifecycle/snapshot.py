@@ -37,10 +37,10 @@ def snapshot(record: dict[str, Any], collector: Collector, logs_dir: str,
     if client is not None and client.status == "running":
         try:
             _barrier(client, collector, record)
-            _final_progress(client, collector, record)
             with open(os.path.join(logs_dir, "scheduler.log"), "w") as f:
                 for _level, line in client.get_scheduler_logs(n=100_000):
                     f.write(f"{line}\n")
+            _final_progress(client, collector, record)
         except Exception as e:
             record["snapshot_warning"] = f"snapshot incomplete: {one_line(e)}"
     collector.flush()

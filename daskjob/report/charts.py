@@ -7,7 +7,7 @@ import html
 from typing import Iterable
 
 WIDTH, HEIGHT = 900, 220
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 12, 30
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 26, 30
 PHASE_LEFT = 140  # room for the phase names
 PALETTE = ["#3b6fb6", "#2a9d5c", "#d1495b", "#edae49", "#7b5ea7", "#00798c", "#8c564b"]
 MARKER_COLOURS = {"worker died": "#d1495b", "worker paused": "#edae49",
@@ -141,8 +141,8 @@ def step_chart(series: dict[str, list[tuple[float, float]]], *, end: float, y_la
         seen.setdefault(name, colour)
     for i, (name, colour) in enumerate(seen.items()):
         x = LEFT + 10 + 150 * i
-        parts.append(f'<rect x="{x}" y="{TOP}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{x + 14}" y="{TOP + 9}">{_e(name)}</text>')
+        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 14}" y="13">{_e(name)}</text>')
     return _svg("".join(parts), label or y_label)
 
 

@@ -29,8 +29,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.print(f"[red]{e}[/]", highlight=False)
         return 1
     out.print(written, highlight=False, soft_wrap=True)
-    if args.open:
-        webbrowser.open(_as_url(written))
+    if args.open and not webbrowser.open(_as_url(written)):
+        out.print("no web browser found here: open the file above in one", highlight=False)
     return 0
 
 

@@ -121,6 +121,8 @@ def read_events(fs, path: str, t0: float) -> Events:
             _take(out, ev, topic, t0, user_tail, own_tail)
     out.user.extend(user_tail[-USER_EVENTS_TAIL:])
     out.own = sorted(out.own + own_tail[-DASK_EVENTS_TAIL:], key=lambda row: row["t"])
+    for row in out.user + out.own:
+        row["data"] = _cell(row["data"])
     out.progress = _thin(out.progress, PROGRESS_POINTS_MAX)
     return out
 
@@ -135,7 +137,8 @@ def _take(out: Events, ev: dict, topic: str, t0: float, user_tail: list, own_tai
         return
     if topic == LIFECYCLE_TOPIC and isinstance(data, dict) and data.get("event") in MARKED_EVENTS:
         out.markers.append((t, str(data["event"]), str(ev.get("worker") or data.get("worker") or "")))
-    row = {"t": t, "topic": topic, "worker": ev.get("worker") or "", "data": _cell(data)}
+    # the data cell is made for the rows kept only (see read_events)
+    row = {"t": t, "topic": topic, "worker": ev.get("worker") or "", "data": data}
     if not is_dask_internal(topic):
         out.user_total += 1
         if len(out.user) < USER_EVENTS_HEAD:
