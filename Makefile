@@ -26,6 +26,8 @@ demo: setup
 	$(BIN)/daskjob demo-data --dest data/raw --date $(DATE) --rows 200000
 	$(BIN)/daskjob run examples/nightly_etl.yaml --param date=$(DATE)
 	$(BIN)/daskjob show runs
+	# what that run did, as one HTML page (open it in a browser)
+	$(BIN)/daskjob report
 	$(BIN)/daskjob run examples/tpot_search.yaml --param output=models/$(DATE)
 	$(BIN)/daskjob show runs
 	# the same ETL as an Airflow DAG, through `airflow dags test` on SQLite in .airflow/
