@@ -31,8 +31,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, fi
 from .base import Backend, ClusterContext, ClusterHandle, Leftover
 from .common import BackendOptions, require_extra
 from .kubernetes_api import (GaveUp, create_objects, delete_cluster, delete_named,
-                             delete_objects, fetch_pod_logs,
-                             list_clusters, run_async, start_cluster)
+                             delete_objects, fetch_pod_logs, list_clusters, pod_problems,
+                             run_async, start_cluster)
 from .kubernetes_body import (QUANTITY, RUN_ID_LABEL, build_autoscaler_body,  # noqa: F401
                               build_cluster_body, build_group_body,
                               cluster_name, label_value, validate_cluster_body)
@@ -171,10 +171,12 @@ class KubernetesBackend(Backend):
             sync(handle.runner.loop, start_cluster, body, handle.opts, handle.runner.loop,
                  give_up, ctx.is_cancelled, handle.state)
         except BaseException as e:
+            why = self.startup_note(handle) if isinstance(e, GaveUp) else None  # before deleting
             outcome = self._delete_after_failed_start(handle)
             if isinstance(e, GaveUp):
+                why = f"\n{why}" if why else ""
                 raise TimeoutError(f"DaskCluster {handle.name} did not get a running "
-                                   f"scheduler {e}; {outcome}") from None
+                                   f"scheduler {e}; {outcome}{why}") from None
             raise
         handle.cluster = handle.state["cluster"]
         return handle
@@ -200,6 +202,17 @@ class KubernetesBackend(Backend):
             handle.cluster.scale(n if default is None else int(default.n_workers or 0))
         if handle.extra and not handle.made:
             handle.made = sync(handle.runner.loop, create_objects, handle.state, handle.extra)
+
+    def startup_note(self, handle: KubernetesHandle) -> str | None:
+        """What the cluster's pods say about why they are not up: Pending and
+        unschedulable, a container in CrashLoopBackOff (with its log's last lines), ..."""
+        from distributed.utils import sync
+        try:
+            problems = sync(handle.runner.loop, pod_problems, handle.state, handle.name,
+                            callback_timeout=15)
+        except Exception as e:  # noqa: BLE001 - a note, not the failure itself
+            return f"(could not read the pods' status: {type(e).__name__}: {e})"
+        return "\n".join(problems) or None
 
     def dashboard_link(self, handle: KubernetesHandle) -> str | None:
         with contextlib.suppress(Exception):  # a port-forward that is not up: no link

@@ -164,6 +164,62 @@ async def fetch_pod_logs(opts, namespace, name, logs_dir) -> list[str]:
     return written
 
 
+# container states that say why a pod is not running (Kubernetes' own reasons)
+STUCK_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
+                           "CreateContainerConfigError", "CreateContainerError",
+                           "InvalidImageName", "RunContainerError"})
+LOG_LINES_IN_ERROR = 20
+
+
+async def pod_problems(state, name) -> list[str]:
+    """Why DaskCluster `name`'s pods are not up, in Kubernetes' words: a pod Pending
+    (unschedulable, and why), a container waiting (CrashLoopBackOff, ImagePullBackOff,
+    ...) with the last lines of its log. Empty when every pod runs."""
+    from kr8s.asyncio.objects import Pod
+    api = state.get("api") or await _api({})
+    problems = []
+    async for pod in api.async_get(Pod, namespace=state.get("namespace") or api.namespace,
+                                   label_selector={"dask.org/cluster-name": name}):
+        status = pod.raw.get("status") or {}
+        if (pod.labels or {}).get("dask.org/cluster-name") != name:
+            continue
+        for text in _pod_state(pod.name, status):
+            problems.append(text)
+            if "restarted" in text:
+                problems.append(await _log_tail(pod))
+    return problems
+
+
+def _pod_state(pod: str, status: dict[str, Any]) -> list[str]:
+    """What a pod's status says is wrong with it (nothing for a pod on its way up)."""
+    out = []
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            why = ": ".join(filter(None, [cond.get("reason") or "not scheduled",
+                                          cond.get("message")]))
+            out.append(f"pod {pod} is {status.get('phase') or 'Pending'}: {why}")
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            out.append(f"pod {pod}: container {cs.get('name')} {waiting['reason']} "
+                       f"(restarted {cs.get('restartCount', 0)} times){detail}")
+    return out
+
+
+async def _log_tail(pod) -> str:
+    """The container's last lines: of the run that crashed, when it is waiting again."""
+    for previous in (False, True):
+        try:
+            lines = [line async for line in pod.logs(tail_lines=LOG_LINES_IN_ERROR,
+                                                     previous=previous)]
+        except Exception:  # noqa: BLE001 - no log is said so below
+            continue
+        if lines:
+            return f"last lines of {pod.name}'s log:\n" + "\n".join(lines)
+    return f"(no log of {pod.name} could be read)"
+
+
 async def list_clusters(opts) -> list[dict]:
     from dask_kubernetes.operator._objects import DaskCluster
     api = await _api(opts)
