@@ -121,11 +121,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run.run()
     except JobFailed as e:
         console.print(f"[red bold]{e.status}[/]: {e}", highlight=False)
+        if e.record_path:
+            console.print(f"to see it in a browser: daskjob report {e.record_path}",
+                          highlight=False)
         return 1
     rec = result.record
     console.print(f"[green bold]succeeded[/] in {rec['duration_s']}s · {rec['events']['count']} "
                   f"events · {rec['logs']['lines']} log lines")
     console.print(f"record: {rec['record_path']}")
+    console.print(f"to see it in a browser: daskjob report {rec['record_path']}", highlight=False)
     if result.value is not None:
         if rec["result"].get("json"):
             out.print_json(data=rec["result"].get("value"))
