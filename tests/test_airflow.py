@@ -156,31 +156,53 @@ def test_nightly_etl_dag_writes_the_partition(capfd):
     assert "dask event etl.partition" in capfd.readouterr().out
 
 
+def nightly_etl_with_connection(extra: dict, day: int) -> dict:
+    """The nightly_etl DAG for 2026-11-<day>, its `dask_default` connection set to
+    `extra`: the DAG file unchanged. Returns the ETL run's record."""
+    os.environ["AIRFLOW_CONN_DASK_DEFAULT"] = json.dumps({"conn_type": "dask", "extra": extra})
+    try:
+        dr = dagbag().get_dag("nightly_etl").test(
+            logical_date=__import__("pendulum").datetime(2026, 11, day, tz="UTC"))
+    finally:
+        del os.environ["AIRFLOW_CONN_DASK_DEFAULT"]
+    assert dr.state == "success"
+    summary = xcoms("nightly_etl", dr.run_id)[("etl", "return_value")]
+    assert summary["date"] == f"2026-11-{day}" and summary["rows_read"] == 20000
+    assert os.path.exists(os.path.join(DATA, "warehouse", "clients", f"date=2026-11-{day}",
+                                       "_SUCCESS"))
+    rec = [r for r in records_of("nightly_etl", "etl")
+           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
+    assert rec["spec"]["cluster"]["backend"] == extra["backend"]
+    assert rec["status"] == "succeeded" and rec["teardown"]["cluster"] == "closed"
+    return rec
+
+
 def test_nightly_etl_dag_runs_on_ssh_by_changing_only_its_connection():
     """The same DAG file, its `dask_default` connection now naming the ssh backend: the
     cluster runs over SSH on loopback (sshd started by the test set-up), with TLS."""
     from services import service
     ssh = service("sshd")
-    extra = {"backend": "ssh", "n_workers": 2, "options": {
+    rec = nightly_etl_with_connection({"backend": "ssh", "n_workers": 2, "options": {
         "hosts": [ssh["SSH_HOST"]],
         "connect_options": {"port": int(ssh["SSH_PORT"]), "username": ssh["SSH_USER"],
                             "client_keys": [ssh["SSH_KEY"]],
-                            "known_hosts": ssh["SSH_KNOWN_HOSTS"]}}}
-    os.environ["AIRFLOW_CONN_DASK_DEFAULT"] = json.dumps({"conn_type": "dask", "extra": extra})
-    try:
-        dr = dagbag().get_dag("nightly_etl").test(
-            logical_date=__import__("pendulum").datetime(2026, 11, 21, tz="UTC"))
-    finally:
-        del os.environ["AIRFLOW_CONN_DASK_DEFAULT"]
-    assert dr.state == "success"
-    summary = xcoms("nightly_etl", dr.run_id)[("etl", "return_value")]
-    assert summary["date"] == "2026-11-21" and summary["rows_read"] == 20000
-    assert os.path.exists(os.path.join(DATA, "warehouse", "clients", "date=2026-11-21", "_SUCCESS"))
-    rec = [r for r in records_of("nightly_etl", "etl")
-           if r["labels"]["airflow/run_id"] == dr.run_id][-1]
-    assert rec["spec"]["cluster"]["backend"] == "ssh"
+                            "known_hosts": ssh["SSH_KNOWN_HOSTS"]}}}, day=21)
     assert rec["scheduler_address"].startswith("tls://"), rec["scheduler_address"]
-    assert rec["status"] == "succeeded" and rec["teardown"]["cluster"] == "closed"
+
+
+@pytest.mark.timeout(300)
+def test_nightly_etl_dag_runs_on_kubernetes_by_changing_only_its_connection(tmp_path):
+    """The same DAG file, its `dask_default` connection now naming the kubernetes backend:
+    the real Dask operator controller, against the emulated control plane of
+    tests/kube, makes the cluster whose pods run the ETL."""
+    from kube.harness import emulated_cluster
+    with emulated_cluster(tmp_path / "kube") as kube:
+        rec = nightly_etl_with_connection({"backend": "kubernetes", "n_workers": 2, "options": {
+            "image": "ghcr.io/me/etl:1", "kubeconfig": kube.kubeconfig,
+            "scheduler_service_type": "LoadBalancer", "idle_timeout": 0}}, day=22)
+        assert rec["events"]["topics"].get("etl.partition")  # the workers' events came back
+        assert any(f.startswith("pod-") for f in rec["logs"]["files"])  # and the pods' logs
+        assert kube.objects("daskclusters") == [] and kube.objects("deployments") == []
 
 
 @pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine

@@ -202,28 +202,51 @@ def pyflyte_run(folder, *args: str) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+# a workflow file as a user writes it; its task's cluster settings vary
+SQUARES = textwrap.dedent("""
+    from flytekit import workflow
+    from flyte_plugin import dask_task
+
+    def square(x):
+        return x * x
+
+    @dask_task(cluster={cluster!r}, record_dir="runs", performance_report=False)
+    def total(client, n: int = 3) -> int:
+        return sum(client.gather(client.map(square, range(n))))
+
+    @workflow
+    def squares(n: int = 3) -> int:
+        return total(n=n)
+""")
+
+
 def test_a_task_that_asks_for_the_client_by_name(tmp_path):
     """As with run_job: a `client` parameter gets the run's client and is no task input
     (flytekit would refuse it: it has no type)."""
-    (tmp_path / "wf.py").write_text(textwrap.dedent("""
-        from flytekit import workflow
-        from flyte_plugin import dask_task
-
-        def square(x):
-            return x * x
-
-        @dask_task(cluster={"n_workers": 1}, record_dir="runs", performance_report=False)
-        def total(client, n: int = 3) -> int:
-            return sum(client.gather(client.map(square, range(n))))
-
-        @workflow
-        def squares(n: int = 3) -> int:
-            return total(n=n)
-    """))
+    (tmp_path / "wf.py").write_text(SQUARES.format(cluster={"n_workers": 1}))
     assert pyflyte_run(tmp_path, "wf.py", "squares", "--n", "4") == "14"
     rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
     assert rec["status"] == "succeeded" and rec["payload"] == "wf:total"
     assert "client" not in rec["spec"]["params"]
+
+
+@pytest.mark.timeout(300)
+def test_a_task_runs_on_kubernetes_by_changing_only_its_cluster(tmp_path):
+    """The task of test_a_task_that_asks_for_the_client_by_name, its cluster now naming
+    the kubernetes backend: the real Dask operator controller, against the emulated
+    control plane of tests/kube, makes the cluster its pods run."""
+    from kube.harness import emulated_cluster
+    with emulated_cluster(tmp_path / "kube") as kube:
+        cluster = {"backend": "kubernetes", "n_workers": 1, "options": {
+            "image": "ghcr.io/me/etl:1", "kubeconfig": kube.kubeconfig,
+            "scheduler_service_type": "LoadBalancer", "idle_timeout": 0}}
+        (tmp_path / "wf.py").write_text(SQUARES.format(cluster=cluster))
+        assert pyflyte_run(tmp_path, "wf.py", "squares", "--n", "4") == "14"
+        rec = json.load(open(os.path.join(only_run(tmp_path / "runs"), "record.json")))
+        assert rec["status"] == "succeeded" and rec["backend"] == "kubernetes"
+        assert rec["labels"]["flyte/execution_id"]  # a Flyte run, labelled as such
+        assert any(f.startswith("pod-") for f in rec["logs"]["files"])
+        assert kube.objects("daskclusters") == [] and kube.objects("deployments") == []
 
 
 def test_a_flytekitplugins_dask_task_runs_by_changing_its_decorator(tmp_path):
