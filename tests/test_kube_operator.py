@@ -371,6 +371,7 @@ def check_finalizer_and_gc(kube, path: str) -> None:
     assert kube.pod_groups() == {}
 
 
+@pytest.mark.xdist_group("reaper")  # `daskjob reap` stops every orphan on the machine
 def test_cancel_and_a_killed_driver_leave_nothing_on_the_operator(tmp_path, records):
     """A run cancelled mid-payload deletes its DaskCluster, and the controller's objects
     and the pods go with it. A driver SIGKILLed mid-payload cannot: `daskjob reap
