@@ -38,7 +38,7 @@ def render_page(run: RunData, *, status: str | None = None,
     rec = run.record
     status = status or rec.get("status") or "?"
     title = f"{rec.get('name') or 'daskjob run'} · {status}"
-    sections = [header(run, status, link), error_section(run), phases_section(rec),
+    sections = [header(run, status), error_section(run), phases_section(rec),
                 workers_section(run), tasks_section(run), events_section(run),
                 logs_section(run), artifacts_section(run, link)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -64,11 +64,16 @@ def page_data(run: RunData) -> dict[str, Any]:
     }
 
 
+def _not_recorded(section_id: str, title: str) -> str:
+    """A section for what an older record (or a run that ended early) does not have."""
+    return f'<section id="{section_id}"><h2>{title}</h2><p class="none">{NOT_RECORDED}</p></section>'
+
+
 def _rows(pairs: list[tuple[str, str]]) -> str:
     return "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in pairs)
 
 
-def header(run: RunData, status: str, link: ArtifactLink) -> str:
+def header(run: RunData, status: str) -> str:
     rec = run.record
     labels = {k: v for k, v in (rec.get("labels") or {}).items() if not k.startswith("daskjob/")}
     workers = rec.get("workers")
@@ -78,16 +83,19 @@ def header(run: RunData, status: str, link: ArtifactLink) -> str:
         ("backend", _e(rec.get("backend") or NOT_RECORDED)),
         ("started", _e(_when(rec.get("started_at")))),
         ("ended", _e(_when(rec.get("ended_at")) if rec.get("ended_at") else "not yet")),
-        ("duration", _e(f"{rec['duration_s']} s" if rec.get("duration_s") is not None else NOT_RECORDED)),
-        ("workers", _e(", ".join(f"{k} {v}" for k, v in workers.items()) if workers else NOT_RECORDED)),
+        ("duration", _e(NOT_RECORDED if rec.get("duration_s") is None else f"{rec['duration_s']} s")),
+        ("workers", _e(", ".join(f"{k} {v}" for k, v in workers.items()) if workers
+                       else NOT_RECORDED)),
         ("resources used", _e(resource_text(rec))),
         ("teardown", _e(_teardown_text(rec.get("teardown")))),
         ("record", f"<code>{_e(rec.get('record_path') or run.location)}</code>"),
     ]
     if status == "running" and rec.get("dashboard_link"):
         # the dashboard exists only while the run does
-        pairs.append(("Dask dashboard", f'<a href="{_e(rec["dashboard_link"])}">{_e(rec["dashboard_link"])}</a>'))
-    label_html = "".join(f'<span class="label"><b>{_e(k)}</b> {_e(v)}</span>' for k, v in labels.items())
+        url = _e(rec["dashboard_link"])
+        pairs.append(("Dask dashboard", f'<a href="{url}">{url}</a>'))
+    label_html = "".join(f'<span class="label"><b>{_e(k)}</b> {_e(v)}</span>'
+                         for k, v in labels.items())
     return (f'<header id="dj-header"><h1>{_e(rec.get("name") or "daskjob run")} '
             f'<span id="dj-status" class="status {STATUS_CLASS.get(status, "bad")}">{_e(status)}</span></h1>'
             f'<div class="labels" id="dj-labels">{label_html or "no labels"}</div>'
@@ -145,7 +153,7 @@ def workers_section(run: RunData) -> str:
               for name, g in groups.items()}
     marks = [m for m in run.events.markers if m[1] != "worker joined"]
     if not any(series.values()):
-        return f'<section id="dj-workers"><h2>Workers over time</h2><p class="none">{NOT_RECORDED}</p></section>'
+        return _not_recorded("dj-workers", "Workers over time")
     end = float(run.record.get("duration_s") or 0)
     chart = step_chart(series, end=end, y_label="workers", markers=marks, label="workers over time")
     notes = [f"{_e(what)}: <b>{_e(worker)}</b> at {t:.2f} s" for t, what, worker in marks
@@ -160,7 +168,7 @@ def workers_section(run: RunData) -> str:
 def tasks_section(run: RunData) -> str:
     points = run.events.progress
     if not points:
-        return f'<section id="dj-tasks"><h2>Dask tasks</h2><p class="none">{NOT_RECORDED}</p></section>'
+        return _not_recorded("dj-tasks", "Dask tasks")
     if points[0][0] > 0:
         points = [(0.0, 0, 0, 0)] + points  # nothing was submitted before the run
     series = {"added": [(t, a) for t, a, _, _ in points], "done": [(t, d) for t, _, d, _ in points],
@@ -175,15 +183,17 @@ def tasks_section(run: RunData) -> str:
 def events_section(run: RunData) -> str:
     ev = run.events
     if not ev.found:
-        return f'<section id="dj-events"><h2>Events</h2><p class="none">{NOT_RECORDED}</p></section>'
+        return _not_recorded("dj-events", "Events")
     user_note = _kept_note(len(ev.user), ev.user_total, "events.jsonl")
     own_note = _kept_note(len(ev.own), ev.own_total, "events.jsonl")
     return (f'<section id="dj-events"><h2>Events</h2><p>{ev.total} events in all.</p>'
-            f'<h3>Your events (<code>daskjob.event</code>) — {ev.user_total}</h3><p class="note">{user_note}</p>'
+            f"<h3>Your events (<code>daskjob.event</code>) — {ev.user_total}</h3>"
+            f'<p class="note">{user_note}</p>'
             '<div class="table-tool" data-events="user"></div>'
             f"<h3>daskjob's and Dask's own — {ev.own_total}</h3><p class=\"note\">{own_note}</p>"
             '<div class="table-tool" data-events="own"></div>'
-            "<noscript><p>The event tables need JavaScript; every event is in events.jsonl.</p></noscript></section>")
+            "<noscript><p>The event tables need JavaScript; every event is in events.jsonl.</p>"
+            "</noscript></section>")
 
 
 def _kept_note(kept: int, total: int, where: str) -> str:
@@ -195,7 +205,7 @@ def _kept_note(kept: int, total: int, where: str) -> str:
 
 def logs_section(run: RunData) -> str:
     if run.logs is None:
-        return f'<section id="dj-logs"><h2>Logs</h2><p class="none">{NOT_RECORDED}</p></section>'
+        return _not_recorded("dj-logs", "Logs")
     kept = sum(len(f.lines) for f in run.logs)
     total = sum(f.total for f in run.logs)
     note = ("All lines are shown." if kept >= total else
