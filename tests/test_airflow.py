@@ -202,7 +202,7 @@ def test_nightly_etl_dag_runs_on_kubernetes_by_changing_only_its_connection(tmp_
             "scheduler_service_type": "LoadBalancer", "idle_timeout": 0}}, day=22)
         assert rec["events"]["topics"].get("etl.partition")  # the workers' events came back
         assert any(f.startswith("pod-") for f in rec["logs"]["files"])  # and the pods' logs
-        assert kube.objects("daskclusters") == [] and kube.objects("deployments") == []
+        kube.wait_all_gone()  # the cascade from the deleted DaskCluster, down to the processes
 
 
 @pytest.mark.timeout(360)  # includes api-server start-up / TPOT imports on a busy machine

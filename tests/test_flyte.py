@@ -246,7 +246,7 @@ def test_a_task_runs_on_kubernetes_by_changing_only_its_cluster(tmp_path):
         assert rec["status"] == "succeeded" and rec["backend"] == "kubernetes"
         assert rec["labels"]["flyte/execution_id"]  # a Flyte run, labelled as such
         assert any(f.startswith("pod-") for f in rec["logs"]["files"])
-        assert kube.objects("daskclusters") == [] and kube.objects("deployments") == []
+        kube.wait_all_gone()  # the cascade from the deleted DaskCluster, down to the processes
 
 
 def test_a_flytekitplugins_dask_task_runs_by_changing_its_decorator(tmp_path):

@@ -114,10 +114,7 @@ def test_job_runs_on_the_real_operator(tmp_path, records):
                    for f, t in pod_logs.items() if "-worker-" in f), pod_logs
 
         # all gone: the DaskCluster, what the controller made, the pods and their processes
-        wait_until(lambda: not kube.objects("pods"), 15, "pods still there")
-        for plural in ("daskclusters", "daskworkergroups", "deployments", "services"):
-            assert kube.objects(plural) == [], plural
-        assert kube.pod_groups() == {}
+        kube.wait_all_gone()
         groups = {p.pid for p in psutil.process_iter() if _in_pod_folder(p, kube.dir)}
         assert not groups, groups
 
@@ -398,7 +395,7 @@ def test_cancel_and_a_killed_driver_leave_nothing_on_the_operator(tmp_path, reco
         thread.join(60)
         assert outcome and isinstance(outcome[0], JobCancelled), outcome
         assert outcome[0].record["status"] == "cancelled"
-        _all_gone(kube)
+        kube.wait_all_gone()
 
         # the driver SIGKILLed: only the reaper can clean up
         spec["record_dir"] = str(records / "killed")
@@ -417,7 +414,7 @@ def test_cancel_and_a_killed_driver_leave_nothing_on_the_operator(tmp_path, reco
                               text=True, timeout=120)
         assert reap.returncode == 0, reap.stdout + reap.stderr
         assert "DaskCluster default/" in reap.stdout + reap.stderr, reap.stdout + reap.stderr
-        _all_gone(kube)
+        kube.wait_all_gone()
 
 
 def _run_into(run, outcome: list) -> None:
@@ -426,11 +423,3 @@ def _run_into(run, outcome: list) -> None:
     except BaseException as e:  # noqa: BLE001 - the test looks at it
         outcome.append(e)
 
-
-def _all_gone(kube) -> None:
-    """No DaskCluster, nothing the controller made, no pod and no pod process."""
-    wait_until(lambda: not kube.objects("daskclusters"), 30, "DaskCluster still there")
-    wait_until(lambda: not kube.objects("pods"), 30, "pods still there")
-    for plural in ("daskworkergroups", "deployments", "services"):
-        assert kube.objects(plural) == [], plural
-    wait_until(lambda: kube.pod_groups() == {}, 15, "pod processes still running")

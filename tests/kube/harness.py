@@ -88,6 +88,23 @@ class EmulatedCluster:
             return json.load(f)
         return {}
 
+    def wait_all_gone(self, timeout: float = 30.0) -> None:
+        """Wait until no DaskCluster, nothing the controller made, no pod and no pod
+        process is left. Deletion cascades in the background, as in Kubernetes: the
+        owner goes first, what it owns a moment later."""
+        deadline = time.monotonic() + timeout
+        plurals = ("daskclusters", "daskworkergroups", "daskautoscalers", "deployments",
+                   "services", "pods")
+        while True:
+            left = {p: [o["metadata"]["name"] for o in self.objects(p)] for p in plurals}
+            left = {p: names for p, names in left.items() if names}
+            if not left and self.pod_groups() == {}:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still there {timeout}s after the run: {left}, "
+                                     f"pod processes {self.pod_groups()}\n{self.logs()}")
+            time.sleep(0.2)
+
     def logs(self) -> str:
         """The emulator's and the controller's logs, for failure messages."""
         out = []
