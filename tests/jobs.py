@@ -123,9 +123,23 @@ def leaves_grandchild():
     return get_client().submit(_start_grandchild, 0, pure=False).result()
 
 
+def _ignore_hangup_and_termination() -> None:
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _start_stubborn_grandchild(_):
+    # ignoring SIGTERM (kept across exec) so that only a reaper that ends with SIGKILL
+    # stops it, and hangups or stray signals on the way do not
+    proc = subprocess.Popen(["sleep", "300"], preexec_fn=_ignore_hangup_and_termination)
+    return proc.pid
+
+
 def grandchild_then_sleep(seconds: float = 120):
+    """Starts a subprocess that ignores SIGTERM, then sleeps: killing the driver leaves
+    the subprocess behind."""
     client = get_client()
-    pid = client.submit(_start_grandchild, 0, pure=False).result()
+    pid = client.submit(_start_stubborn_grandchild, 0, pure=False).result()
     daskjob.event("test.grandchild", pid=pid)
     return client.submit(_sleep, seconds, pure=False).result()
 

@@ -141,12 +141,21 @@ def test_sigkill_driver_leaves_nothing_for_long(tmp_path, records):
         dry = subprocess.run(DASKJOB + ["reap", "--dry-run"], env=ENV, capture_output=True, text=True)
         assert str(grandchild) in dry.stdout and rec["run_id"] in dry.stdout.replace("\n", "")
         assert psutil.pid_exists(grandchild)
+        # it ignores SIGTERM: the reaper's SIGKILL after the grace period is what ends it
         reap = subprocess.run(DASKJOB + ["reap"], env=ENV, capture_output=True, text=True)
-        assert reap.returncode == 0 and "stopped 1" in reap.stdout
+        assert reap.returncode == 0 and "stopped 1" in reap.stdout, \
+            (reap.stdout, reap.stderr, f"grandchild {grandchild}: {_state(grandchild)}")
         assert _stopped(grandchild)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 def _stopped(pid: int) -> bool:
