@@ -44,8 +44,8 @@ NO_IDLE_CHECK = {"idle_timeout": 0}
 
 def job(records, kube, name: str, **cluster) -> dict:
     options = {"image": "ghcr.io/me/etl:1", "kubeconfig": kube.kubeconfig,
-               # the direct route: KubeCluster connects to the LB ingress IP (ClusterIP
-               # would need DNS in the driver, or kr8s' port-forward, which leaks a port)
+               # the direct route: KubeCluster connects to the LB ingress IP (the first
+               # test takes the default, ClusterIP, through port-forwards)
                "scheduler_service_type": "LoadBalancer", "resource_timeout": 60,
                **cluster.pop("options", {})}
     return {"name": name, "payload": "jobs:add_up", "params": {"n": 3},
@@ -72,14 +72,20 @@ def created_by(kube, user: str) -> list[str]:
 
 
 def test_job_runs_on_the_real_operator(tmp_path, records):
-    """A run through our backend: the real controller makes the scheduler Deployment
+    """A run through our backend, reaching its ClusterIP scheduler through port-forwards
+    from outside the cluster: the real controller makes the scheduler Deployment
     and Service, the default DaskWorkerGroup and a Deployment per worker (the test
     creates only the DaskCluster); the pods run `dask scheduler` / `dask worker`
     processes; the job succeeds; the pod logs come through the API; teardown deletes the
     DaskCluster and, by garbage collection, everything under it, processes included."""
-    with emulated_cluster(tmp_path / "kube") as kube:
+    # the scheduler Service's status once its pod is ready: with the status from its
+    # creation, the installed operator can leave the DaskCluster "Pending" (see
+    # kube/workloads.py Services); a LoadBalancer avoids that by itself
+    with emulated_cluster(tmp_path / "kube", extra_args=["--status-on-endpoint"]) as kube:
         start = time.monotonic()
-        result = run_job(job(records, kube, "k8s-operator"))
+        # the backend's default Service type, from outside the cluster: a port-forward
+        result = run_job(job(records, kube, "k8s-operator", options={
+            "scheduler_service_type": "ClusterIP", "port_forward_cluster_ip": True}))
         elapsed = time.monotonic() - start
         rec = result.record
         print(f"run on the real operator: {elapsed:.1f}s; phases: " + ", ".join(
@@ -88,6 +94,9 @@ def test_job_runs_on_the_real_operator(tmp_path, records):
         assert rec["status"] == "succeeded"
         assert rec["workers"] == {"expected": 2, "started": 2}
         assert rec["teardown"]["cluster"] == "closed"
+        assert rec["scheduler_address"].startswith("tcp://localhost:"), rec["scheduler_address"]
+        # the forwards closed with the run (no_leaks checks the listening ports)
+        assert not [t.name for t in threading.enumerate() if "PortForward" in t.name]
 
         # who made what: the test (as user "tester") only the DaskCluster
         name = next(o for o in created_by(kube, "tester")

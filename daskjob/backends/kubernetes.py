@@ -33,6 +33,7 @@ from .common import BackendOptions, require_extra
 from .kubernetes_api import (GaveUp, create_objects, delete_cluster, delete_named,
                              delete_objects, fetch_pod_logs, list_clusters, pod_problems,
                              run_async, start_cluster)
+from .kubernetes_forward import stop_forwards
 from .kubernetes_body import (QUANTITY, RUN_ID_LABEL, build_autoscaler_body,  # noqa: F401
                               build_cluster_body, build_group_body,
                               cluster_name, label_value, validate_cluster_body)
@@ -190,6 +191,7 @@ class KubernetesBackend(Backend):
         except BaseException as e:  # noqa: BLE001 - reported; the reaper can retry
             outcome = f"could not delete it ({type(e).__name__}: {e})"
             logger.warning("daskjob: DaskCluster %s: %s", handle.name, outcome)
+        self._close_forwards(handle)
         handle.runner.stop()
         return outcome
 
@@ -233,6 +235,14 @@ class KubernetesBackend(Backend):
                 logger.warning("daskjob: deleting %s: %s (the DaskCluster's deletion "
                                "removes them too)", made, e)
         try:
+            self._delete(handle, timeout, started)
+        finally:
+            self._close_forwards(handle)  # the run is over, whether or not it is deleted
+        handle.runner.stop()
+
+    def _delete(self, handle: KubernetesHandle, timeout: float, started: float) -> None:
+        from distributed.utils import sync
+        try:
             # KubeCluster deletes the DaskCluster and waits for it to go
             sync(handle.runner.loop, handle.cluster._close, timeout=timeout,
                  callback_timeout=timeout + 5)
@@ -247,7 +257,17 @@ class KubernetesBackend(Backend):
                 raise RuntimeError(f"could not delete DaskCluster {handle.state['namespace']}/"
                                    f"{handle.name}: {type(e).__name__}: {e}; then "
                                    f"{type(e2).__name__}: {e2}") from e2
-        handle.runner.stop()
+
+    def _close_forwards(self, handle: KubernetesHandle) -> None:
+        """Close the local ports forwarded to the run's scheduler, if it needed any."""
+        from distributed.utils import sync
+        namespace = handle.state.get("namespace")
+        if not namespace or not handle.runner.loop.asyncio_loop.is_running():
+            return
+        try:
+            sync(handle.runner.loop, stop_forwards, namespace, handle.name, callback_timeout=15)
+        except Exception as e:  # noqa: BLE001 - a teardown step: said, not raised
+            logger.warning("daskjob: closing the port-forwards to %s: %s", handle.name, e)
 
     def snapshot_logs(self, handle: KubernetesHandle, logs_dir: str) -> list[str]:
         """Write the scheduler and worker pods' logs (Running pods only: Kubernetes serves

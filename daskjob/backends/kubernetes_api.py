@@ -35,7 +35,10 @@ def _quiet_cluster_class() -> type:
     if not _CLUSTER_CLASS:
         import weakref
 
-        from dask_kubernetes.operator import KubeCluster
+        from dask_kubernetes.operator import KubeCluster, networking
+
+        from . import kubernetes_forward
+        kubernetes_forward.install(networking)
 
         class DaskjobKubeCluster(KubeCluster):
             # not in KubeCluster._instances: dask-kubernetes' atexit reaper would close it

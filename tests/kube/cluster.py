@@ -2,7 +2,7 @@
 
     python -m kube.cluster --dir DIR [--node-cpu 8] [--node-memory 32Gi]
                            [--node-resource nvidia.com/gpu=1] [--restart-backoff 10]
-                           [--lb-delay SECONDS] [--max-grace 5]
+                           [--lb-delay SECONDS] [--status-on-endpoint] [--max-grace 5]
 
 (with tests/ on PYTHONPATH). It serves the API on 127.0.0.1:<free port>, runs the
 Deployment and Service controllers and the process kubelet, and writes into DIR:
@@ -93,7 +93,8 @@ async def main(args: argparse.Namespace) -> None:
     capacity = {"cpu": args.node_cpu, "memory": args.node_memory, "pods": "110",
                 **dict(r.split("=", 1) for r in args.node_resource)}
     subnet, lock = claim_subnet()
-    services = Services(store, hosts_file, subnet=subnet, lb_delay=args.lb_delay)
+    services = Services(store, hosts_file, subnet=subnet, lb_delay=args.lb_delay,
+                        status_on_endpoint=args.status_on_endpoint)
     deployments = Deployments(store)
     kubelet = Kubelet(store, folder, SHIM_DIR, hosts_file, capacity, subnet=subnet,
                       restart_backoff=args.restart_backoff, max_grace=args.max_grace,
@@ -137,6 +138,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lb-delay", type=float, default=None,
                    help="seconds after which a LoadBalancer Service gets its ingress IP "
                         "(default: once a Ready pod backs it)")
+    p.add_argument("--status-on-endpoint", action="store_true",
+                   help="a ClusterIP/NodePort Service gets its status once a Ready pod "
+                        "backs it (default: at creation)")
     p.add_argument("--gc-delay", type=float, default=0.5,
                    help="seconds the garbage collector takes to delete an object's dependents")
     p.add_argument("--history", type=int, default=20000,

@@ -137,6 +137,9 @@ class Kubelet(Reconciler):
         self.restart_backoff, self.max_grace = restart_backoff, max_grace
         self.min_terminate = min_terminate
         self.pods: dict[tuple[str, str], PodRuntime] = {}
+        # pods whose containers are stopped but whose object is still there (terminating):
+        # their logs can still be read, as from a kubelet until the pod is removed
+        self.ended: dict[tuple[str, str], PodRuntime] = {}
         self.terminating: set[tuple[str, str]] = set()   # deleted pods being stopped
         self.background: set[asyncio.Task] = set()
         self.next_ip = 0
@@ -189,6 +192,8 @@ class Kubelet(Reconciler):
                 self.sync(rt)
         for key in set(self.pods) - seen:
             await self.kill(self.pods[key], 0)
+        for key in set(self.ended) - seen:
+            del self.ended[key]
 
     # -- scheduling ------------------------------------------------------------------------
     def unschedulable(self, pod: dict[str, Any]) -> str | None:
@@ -390,7 +395,7 @@ class Kubelet(Reconciler):
         """The API server's pod log route asks here (400 as a kubelet that has not
         started the container yet answers). `previous`: the instance before the
         current (or last) one."""
-        rt = self.pods.get((ns, name))
+        rt = self.pods.get((ns, name)) or self.ended.get((ns, name))
         names = [c.name for c in rt.containers] if rt else []
         if container is None and len(names) > 1:
             raise ApiError(400, "BadRequest", f"a container name must be specified for pod "
@@ -419,6 +424,7 @@ class Kubelet(Reconciler):
         current = self.store.find(self.res("pods"), meta["namespace"], meta["name"])
         if current is not None and current["metadata"]["uid"] == meta["uid"]:
             self.store.remove(self.res("pods"), current)
+            self.ended.pop((meta["namespace"], meta["name"]), None)
         self.terminating.discard((meta["namespace"], meta["name"]))
 
     async def kill(self, rt: PodRuntime, grace: float) -> None:
@@ -440,6 +446,7 @@ class Kubelet(Reconciler):
         for c in rt.containers:
             c.proc = None
         self.pods.pop((rt.ns, rt.name), None)
+        self.ended[(rt.ns, rt.name)] = rt
         self.save_pids()
 
     async def stop(self) -> None:

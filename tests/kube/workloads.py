@@ -8,7 +8,9 @@
   status handler only fires on a non-empty status); kube-proxy, a TCP proxy per port to
   a Ready pod's podIP:targetPort; the cloud load balancer: a LoadBalancer Service gets
   its ingress IP (its cluster IP) once a Ready pod backs it, or after a provisioning
-  delay (lb_delay); and the hosts file of the DNS shim
+  delay (lb_delay); with status_on_endpoint, a ClusterIP or NodePort Service gets its
+  (empty) status only once a Ready pod backs it, not at creation (see Services); and the
+  hosts file of the DNS shim
   (dns/sitecustomize.py), the cluster's DNS: <svc>.<ns>[.svc[.cluster.local]].
 
 Both reconcile level-triggered: on any change of their kinds, and every second."""
@@ -148,7 +150,7 @@ class Services(Reconciler):
     kinds = frozenset({"Service", "Pod"})
 
     def __init__(self, store: Store, hosts_file: str, subnet: int = 0,
-                 lb_delay: float | None = None):
+                 lb_delay: float | None = None, status_on_endpoint: bool = False):
         super().__init__(store)
         self.hosts_file = hosts_file
         self.subnet = subnet   # cluster IPs are 127.20.<subnet>.<n>
@@ -157,6 +159,11 @@ class Services(Reconciler):
         # a number: that many seconds after creation, whatever the pods (as a cloud
         # load balancer, which is provisioned whether or not its pods are up)
         self.lb_delay = lb_delay
+        # False: a ClusterIP/NodePort Service has its status from creation, as a real API
+        # server writes it. The installed operator then races itself (#968 again: its
+        # Service status handler's "Running" can land before its own "Pending", which
+        # then stays); True moves that status to when a Ready pod backs the Service.
+        self.status_on_endpoint = status_on_endpoint
         self.created: dict[str, float] = {}   # Service uid -> monotonic creation time
         self.next_ip = 0
         self.next_node_port = 30000
@@ -183,7 +190,8 @@ class Services(Reconciler):
             if spec["type"] in ("NodePort", "LoadBalancer"):
                 self.next_node_port += 1
                 port.setdefault("nodePort", self.next_node_port)
-        svc["status"] = {"loadBalancer": {}}
+        if not self.status_on_endpoint or spec["type"] == "LoadBalancer":
+            svc["status"] = {"loadBalancer": {}}
         self.created[svc["metadata"]["uid"]] = time.monotonic()
 
     async def reconcile(self) -> None:
@@ -202,6 +210,8 @@ class Services(Reconciler):
                     await self.open_proxy(key, ip, port)
             if svc["spec"]["type"] == "LoadBalancer" and self.lb_ready(svc):
                 self.store.update(self.res("services"), ns, name, _give_ingress)
+            elif "status" not in svc and self.endpoints(svc):
+                self.store.update(self.res("services"), ns, name, _give_status)
         for key in set(self.proxies) - wanted:
             self.proxies.pop(key).close()
         hosts = {}
@@ -279,6 +289,10 @@ class Services(Reconciler):
         for w in list(self.conns):
             w.close()
         self.proxies.clear()
+
+
+def _give_status(svc: dict[str, Any]) -> None:
+    svc.setdefault("status", {"loadBalancer": {}})
 
 
 def _give_ingress(svc: dict[str, Any]) -> None:
