@@ -34,11 +34,12 @@ async def port_forward_service(service_name: str, namespace: str, remote_port: i
             await stop.wait()
 
     task = asyncio.ensure_future(hold())
+    # known before it opens: a start cancelled meanwhile still has it closed
+    _OPEN.setdefault((namespace, service_name), []).append((stop, task))
     await asyncio.wait({port, task}, return_when=asyncio.FIRST_COMPLETED)
     if not port.done():
         task.result()  # the forward could not open: its error
         raise ConnectionError(f"port forward to {namespace}/{service_name} ended at once")
-    _OPEN.setdefault((namespace, service_name), []).append((stop, task))
     return port.result()
 
 
